@@ -1,0 +1,500 @@
+//! BERT embeddings and layers (post-LN), with optional cross-attention: the text side of ALBEF,
+//! BLIP's MED (encoder and causal decoder), UNITER's single stream, and plain BERT.
+//!
+//! Parameter paths follow HF / the official forks: `embeddings.{word_embeddings,
+//! position_embeddings,token_type_embeddings,LayerNorm}`, `encoder.layer.N.attention.self.{query,
+//! key,value}`, `…attention.output.{dense,LayerNorm}`, `…crossattention.{self,output}.*`,
+//! `…intermediate.dense`, `…output.{dense,LayerNorm}`.
+use super::{layer_norm, linear, Activation};
+use crate::attention::{AttentionConfig, KvCache, MultiHeadAttention, QkvLayout};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+/// A BERT configuration with the official (HF `config.json`) field names, plus ALBEF's
+/// `fusion_layer` and BLIP's `add_cross_attention`/`encoder_width`. Unknown fields are an error;
+/// HF's bookkeeping fields are accepted and ignored. `Default` = bert-base-uncased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BertConfig {
+    /// Vocabulary size (30522 for bert-base-uncased; BLIP 30524).
+    pub vocab_size: i64,
+    /// Hidden width.
+    pub hidden_size: i64,
+    /// Number of layers.
+    pub num_hidden_layers: i64,
+    /// Number of attention heads.
+    pub num_attention_heads: i64,
+    /// FFN width.
+    pub intermediate_size: i64,
+    /// FFN activation.
+    pub hidden_act: Activation,
+    /// Dropout on hidden states (training only).
+    pub hidden_dropout_prob: f64,
+    /// Dropout on attention probabilities (training only).
+    pub attention_probs_dropout_prob: f64,
+    /// Rows of the absolute position table.
+    pub max_position_embeddings: i64,
+    /// Rows of the token-type table (0 = no token-type embeddings).
+    pub type_vocab_size: i64,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Padding token id.
+    pub pad_token_id: i64,
+    /// Init std (used when training from scratch).
+    pub initializer_range: f64,
+    /// ALBEF: layers `>= fusion_layer` have cross-attention (`None` = no split).
+    pub fusion_layer: Option<i64>,
+    /// Width of the cross-attended states (ALBEF/BLIP `encoder_width`; `None` = hidden size).
+    pub encoder_width: Option<i64>,
+    /// BLIP: every layer has cross-attention.
+    pub add_cross_attention: bool,
+    /// LAVIS: `false` drops the token-type embeddings.
+    pub add_type_embeddings: Option<bool>,
+    /// Must be `absolute` (the only kind the zoo's BERTs use).
+    pub position_embedding_type: Option<String>,
+    /// Ignored (HF bookkeeping).
+    pub architectures: Option<serde_json::Value>,
+    /// Ignored (HF bookkeeping).
+    pub model_type: Option<String>,
+    /// Ignored (HF bookkeeping).
+    #[serde(rename = "_name_or_path")]
+    pub name_or_path: Option<String>,
+    /// Ignored (HF bookkeeping).
+    pub transformers_version: Option<String>,
+    /// Ignored (HF bookkeeping).
+    pub gradient_checkpointing: Option<bool>,
+    /// Ignored (HF bookkeeping).
+    pub use_cache: Option<bool>,
+    /// Ignored (HF bookkeeping).
+    pub torch_dtype: Option<String>,
+    /// Ignored (HF bookkeeping).
+    pub classifier_dropout: Option<f64>,
+    /// Ignored here: decoders are chosen by the model, not the config.
+    pub is_decoder: Option<bool>,
+}
+
+impl Default for BertConfig {
+    fn default() -> Self {
+        BertConfig {
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: Activation::Gelu,
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            initializer_range: 0.02,
+            fusion_layer: None,
+            encoder_width: None,
+            add_cross_attention: false,
+            add_type_embeddings: None,
+            position_embedding_type: None,
+            architectures: None,
+            model_type: None,
+            name_or_path: None,
+            transformers_version: None,
+            gradient_checkpointing: None,
+            use_cache: None,
+            torch_dtype: None,
+            classifier_dropout: None,
+            is_decoder: None,
+        }
+    }
+}
+
+impl BertConfig {
+    /// A tiny config for tests (2 layers, width 32, 4 heads, vocab 64).
+    pub fn tiny() -> Self {
+        BertConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 64,
+            max_position_embeddings: 40,
+            ..Default::default()
+        }
+    }
+
+    /// Checks values the port relies on; errors name the field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |f: &str, m: String| Err(crate::VlpError::Msg(format!("bert config field `{f}`: {m}")));
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return bad(
+                "num_attention_heads",
+                format!("{} does not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+            );
+        }
+        if let Some(t) = &self.position_embedding_type {
+            if t != "absolute" {
+                return bad("position_embedding_type", format!("`{t}` is not supported (absolute only)"));
+            }
+        }
+        if let Some(f) = self.fusion_layer {
+            if f < 0 || f > self.num_hidden_layers {
+                return bad("fusion_layer", format!("{f} is outside 0..={}", self.num_hidden_layers));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether token-type embeddings exist.
+    pub fn has_token_type(&self) -> bool {
+        self.type_vocab_size > 0 && self.add_type_embeddings != Some(false)
+    }
+
+    /// Whether layer `i` has cross-attention (ALBEF: `i >= fusion_layer`; BLIP: all).
+    pub fn layer_has_cross(&self, i: i64) -> bool {
+        match self.fusion_layer {
+            Some(f) => i >= f,
+            None => self.add_cross_attention,
+        }
+    }
+
+    /// The config of one layer.
+    pub fn layer_config(&self, cross: bool) -> BertLayerConfig {
+        BertLayerConfig {
+            hidden_size: self.hidden_size,
+            num_attention_heads: self.num_attention_heads,
+            intermediate_size: self.intermediate_size,
+            hidden_act: self.hidden_act,
+            layer_norm_eps: self.layer_norm_eps,
+            hidden_dropout_prob: self.hidden_dropout_prob,
+            attention_probs_dropout_prob: self.attention_probs_dropout_prob,
+            cross_attention_width: cross.then(|| self.encoder_width.unwrap_or(self.hidden_size)),
+        }
+    }
+}
+
+/// BERT embeddings: word + absolute position (+ token type) → LayerNorm → dropout.
+#[derive(Debug)]
+pub struct BertEmbeddings {
+    /// `word_embeddings.weight` `[V, D]` (tied to MLM/LM decoders in ALBEF/BLIP).
+    pub word_embeddings: nn::Embedding,
+    position_embeddings: nn::Embedding,
+    token_type_embeddings: Option<nn::Embedding>,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertEmbeddings {
+    /// Builds the embeddings under `p` (`…/embeddings`). `position_ids_buffer`: register the
+    /// `position_ids` buffer that older checkpoints carry (as a non-trainable variable).
+    pub fn new(p: &nn::Path, cfg: &BertConfig, position_ids_buffer: bool) -> Self {
+        let ec = nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: cfg.initializer_range,
+            },
+            ..Default::default()
+        };
+        let d = cfg.hidden_size;
+        if position_ids_buffer {
+            let ids = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, p.device()))
+                .unsqueeze(0);
+            p.add("position_ids", ids, false);
+        }
+        BertEmbeddings {
+            word_embeddings: nn::embedding(p / "word_embeddings", cfg.vocab_size, d, ec),
+            position_embeddings: nn::embedding(
+                p / "position_embeddings",
+                cfg.max_position_embeddings,
+                d,
+                ec,
+            ),
+            token_type_embeddings: cfg
+                .has_token_type()
+                .then(|| nn::embedding(p / "token_type_embeddings", cfg.type_vocab_size, d, ec)),
+            layer_norm: layer_norm(p / "LayerNorm", d, cfg.layer_norm_eps),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    /// Embeds `input_ids` `[B, L]`; positions start at `past_length` (incremental decoding);
+    /// `token_type_ids` default to 0 when the table exists.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        past_length: i64,
+        train: bool,
+    ) -> Tensor {
+        let l = input_ids.size()[1];
+        let pos = Tensor::arange_start(past_length, past_length + l, (Kind::Int64, input_ids.device()));
+        let mut x = input_ids.apply(&self.word_embeddings) + pos.apply(&self.position_embeddings).unsqueeze(0);
+        if let Some(tt) = &self.token_type_embeddings {
+            x = match token_type_ids {
+                Some(ids) => x + ids.apply(tt),
+                None => x + tt.ws.get(0),
+            };
+        }
+        x.apply(&self.layer_norm).dropout(self.dropout, train)
+    }
+}
+
+/// Hyper-parameters of one [`BertLayer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertLayerConfig {
+    /// Hidden width.
+    pub hidden_size: i64,
+    /// Heads.
+    pub num_attention_heads: i64,
+    /// FFN width.
+    pub intermediate_size: i64,
+    /// FFN activation.
+    pub hidden_act: Activation,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Hidden dropout.
+    pub hidden_dropout_prob: f64,
+    /// Attention-probability dropout.
+    pub attention_probs_dropout_prob: f64,
+    /// Width of the cross-attended states, if the layer has cross-attention.
+    pub cross_attention_width: Option<i64>,
+}
+
+/// BERT's attention block: `LayerNorm(x + dropout(dense(MHA(x[, ctx]))))` with `self` and
+/// `output.{dense,LayerNorm}` children.
+#[derive(Debug)]
+pub struct BertAttention {
+    /// The heads (`self.{query,key,value}`).
+    pub attn: MultiHeadAttention,
+    dense: nn::Linear,
+    layer_norm: nn::LayerNorm,
+    dropout: f64,
+}
+
+impl BertAttention {
+    fn new(p: &nn::Path, cfg: &BertLayerConfig, kv_dim: Option<i64>) -> Self {
+        let mut ac = AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
+        ac.kv_dim = kv_dim;
+        ac.attn_dropout = cfg.attention_probs_dropout_prob;
+        BertAttention {
+            attn: MultiHeadAttention::new(&(p / "self"), &ac),
+            dense: linear(p / "output" / "dense", cfg.hidden_size, cfg.hidden_size),
+            layer_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    fn output(&self, h: &Tensor, x: &Tensor, train: bool) -> Tensor {
+        (h.apply(&self.dense).dropout(self.dropout, train) + x).apply(&self.layer_norm)
+    }
+
+    /// Applies the block (cross-attention when `context` is given).
+    pub fn forward_t(&self, x: &Tensor, context: Option<&Tensor>, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let h = self.attn.forward_t(x, context, mask, train);
+        self.output(&h, x, train)
+    }
+
+    /// Applies the block with a key/value cache (inference).
+    pub fn forward_cached(&self, x: &Tensor, context: Option<&Tensor>, mask: Option<&Tensor>, cache: &mut KvCache) -> Tensor {
+        let h = self.attn.forward_cached(x, context, mask, cache);
+        self.output(&h, x, false)
+    }
+}
+
+/// The states a layer cross-attends to, with their additive mask (`[B,1,1,Lk]`).
+#[derive(Debug, Clone, Copy)]
+pub struct CrossInput<'a> {
+    /// `[B, Lk, encoder_width]`.
+    pub states: &'a Tensor,
+    /// Additive mask, broadcastable to `[B, H, Lq, Lk]`.
+    pub mask: Option<&'a Tensor>,
+}
+
+/// Caches of one layer for incremental decoding.
+#[derive(Debug, Default)]
+pub struct BertLayerCache {
+    /// Self-attention keys/values so far.
+    pub self_kv: KvCache,
+    /// Cross-attention keys/values of the fixed context.
+    pub cross_kv: KvCache,
+}
+
+/// One BERT layer: self-attention → optional cross-attention → FFN, each post-LN.
+#[derive(Debug)]
+pub struct BertLayer {
+    /// `attention.*`.
+    pub attention: BertAttention,
+    /// `crossattention.*`, when the layer has it.
+    pub crossattention: Option<BertAttention>,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    output_norm: nn::LayerNorm,
+    act: Activation,
+    dropout: f64,
+}
+
+impl BertLayer {
+    /// Builds a layer under `p` (`…/layer/N`).
+    pub fn new(p: &nn::Path, cfg: &BertLayerConfig) -> Self {
+        BertLayer {
+            attention: BertAttention::new(&(p / "attention"), cfg, None),
+            crossattention: cfg
+                .cross_attention_width
+                .map(|w| BertAttention::new(&(p / "crossattention"), cfg, Some(w))),
+            intermediate: linear(p / "intermediate" / "dense", cfg.hidden_size, cfg.intermediate_size),
+            output: linear(p / "output" / "dense", cfg.intermediate_size, cfg.hidden_size),
+            output_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
+            act: cfg.hidden_act,
+            dropout: cfg.hidden_dropout_prob,
+        }
+    }
+
+    fn ffn(&self, x: &Tensor, train: bool) -> Tensor {
+        let h = self.act.apply(&x.apply(&self.intermediate));
+        (h.apply(&self.output).dropout(self.dropout, train) + x).apply(&self.output_norm)
+    }
+
+    /// Applies the layer. `cross` is used only if the layer has cross-attention; a layer with
+    /// cross-attention given no `cross` skips it (BLIP's `mode='text'`).
+    pub fn forward_t(&self, x: &Tensor, self_mask: Option<&Tensor>, cross: Option<CrossInput>, train: bool) -> Tensor {
+        let mut h = self.attention.forward_t(x, None, self_mask, train);
+        if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
+            h = ca.forward_t(&h, Some(c.states), c.mask, train);
+        }
+        self.ffn(&h, train)
+    }
+
+    /// Incremental (cached) version of [`forward_t`](Self::forward_t), inference only.
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        self_mask: Option<&Tensor>,
+        cross: Option<CrossInput>,
+        cache: &mut BertLayerCache,
+    ) -> Tensor {
+        let mut h = self.attention.forward_cached(x, None, self_mask, &mut cache.self_kv);
+        if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
+            h = ca.forward_cached(&h, Some(c.states), c.mask, &mut cache.cross_kv);
+        }
+        self.ffn(&h, false)
+    }
+}
+
+/// A stack of [`BertLayer`]s under `…/layer/N`, runnable over a sub-range of layers (ALBEF's
+/// text-only layers `[0, fusion)` and fusion layers `[fusion, L)`).
+#[derive(Debug)]
+pub struct BertEncoder {
+    /// The layers.
+    pub layers: Vec<BertLayer>,
+}
+
+impl BertEncoder {
+    /// Builds `cfg.num_hidden_layers` layers under `p` (`…/encoder`), cross-attention per
+    /// [`BertConfig::layer_has_cross`].
+    pub fn new(p: &nn::Path, cfg: &BertConfig) -> Self {
+        let pl = p / "layer";
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| BertLayer::new(&(&pl / i), &cfg.layer_config(cfg.layer_has_cross(i))))
+            .collect();
+        BertEncoder { layers }
+    }
+
+    /// Runs layers `range` over `x`. `cross` maps a layer index to its cross input (ALBEF NLVR2
+    /// alternates two images); return `None` to skip cross-attention.
+    pub fn forward_range<'a>(
+        &self,
+        x: &Tensor,
+        range: std::ops::Range<usize>,
+        self_mask: Option<&Tensor>,
+        cross: &dyn Fn(usize) -> Option<CrossInput<'a>>,
+        train: bool,
+    ) -> Tensor {
+        let mut h = x.shallow_clone();
+        for i in range {
+            h = self.layers[i].forward_t(&h, self_mask, cross(i), train);
+        }
+        h
+    }
+
+    /// Runs all layers with one cross input (or none).
+    pub fn forward_t(&self, x: &Tensor, self_mask: Option<&Tensor>, cross: Option<CrossInput>, train: bool) -> Tensor {
+        let mut h = x.shallow_clone();
+        for l in &self.layers {
+            h = l.forward_t(&h, self_mask, cross, train);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attention::{causal_mask, padding_mask, BERT_MASK_VALUE};
+    use tch::{nn::VarStore, Device};
+
+    #[test]
+    fn key_names_mirror_the_official_layout() {
+        let vs = VarStore::new(Device::Cpu);
+        let mut cfg = BertConfig::tiny();
+        cfg.fusion_layer = Some(1);
+        let _e = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, true);
+        let _enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        let keys = vs.variables();
+        for k in [
+            "embeddings.word_embeddings.weight",
+            "embeddings.token_type_embeddings.weight",
+            "embeddings.LayerNorm.bias",
+            "embeddings.position_ids",
+            "encoder.layer.0.attention.self.query.weight",
+            "encoder.layer.0.attention.output.LayerNorm.weight",
+            "encoder.layer.1.crossattention.self.key.weight",
+            "encoder.layer.1.intermediate.dense.weight",
+            "encoder.layer.1.output.dense.bias",
+        ] {
+            assert!(keys.contains_key(k), "missing {k}");
+        }
+        assert!(!keys.contains_key("encoder.layer.0.crossattention.self.key.weight"));
+    }
+
+    #[test]
+    fn config_rejects_unknown_fields_and_accepts_hf_bookkeeping() {
+        let ok = r#"{"hidden_size": 32, "num_attention_heads": 4, "model_type": "bert", "architectures": ["BertModel"], "transformers_version": "4.8.2"}"#;
+        let c: BertConfig = serde_json::from_str(ok).unwrap();
+        assert_eq!(c.hidden_size, 32);
+        assert_eq!(c.num_hidden_layers, 12);
+        let err = serde_json::from_str::<BertConfig>(r#"{"hiden_size": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("hiden_size"), "{err}");
+        let mut c = BertConfig::tiny();
+        c.num_attention_heads = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("num_attention_heads"));
+    }
+
+    #[test]
+    fn cached_decoder_equals_full_pass() {
+        tch::manual_seed(3);
+        let vs = VarStore::new(Device::Cpu);
+        let mut cfg = BertConfig::tiny();
+        cfg.add_cross_attention = true;
+        cfg.encoder_width = Some(24);
+        let emb = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, false);
+        let enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        let ids = Tensor::from_slice(&[1i64, 5, 9, 3, 2, 7, 8, 4]).view([2, 4]);
+        let ctx = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu));
+        let keep = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1]).view([2, 3]);
+        let cmask = padding_mask(&keep, BERT_MASK_VALUE, Kind::Float);
+        let cross = CrossInput { states: &ctx, mask: Some(&cmask) };
+        let causal = causal_mask(4, 4, BERT_MASK_VALUE, Kind::Float, Device::Cpu);
+        let full = enc.forward_t(&emb.forward_t(&ids, None, 0, false), Some(&causal), Some(cross), false);
+        let mut caches: Vec<BertLayerCache> = (0..2).map(|_| BertLayerCache::default()).collect();
+        let mut outs = vec![];
+        for t in 0..4 {
+            let mut h = emb.forward_t(&ids.narrow(1, t, 1), None, t, false);
+            for (l, c) in enc.layers.iter().zip(caches.iter_mut()) {
+                h = l.forward_cached(&h, None, Some(cross), c);
+            }
+            outs.push(h);
+        }
+        assert!(Tensor::cat(&outs, 1).allclose(&full, 1e-5, 1e-5, false));
+        // cross-attention is used: masking the context changes the output
+        let other = enc.forward_t(&emb.forward_t(&ids, None, 0, false), Some(&causal), None, false);
+        assert!(!other.allclose(&full, 1e-3, 1e-3, false));
+    }
+}

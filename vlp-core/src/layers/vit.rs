@@ -1,0 +1,321 @@
+//! Vision Transformer parts (Dosovitskiy et al. 2021) in the timm-0.4 layout that ALBEF and BLIP
+//! ship (`models/vit.py`): `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.{norm1, attn.qkv,
+//! attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`. The block also covers the BEiT/VLMo variants
+//! (`q_bias`/`v_bias`, layer scale `gamma_1`/`gamma_2`).
+use super::{drop_path, layer_norm, linear, Activation, Mlp};
+use crate::attention::{AttentionConfig, MultiHeadAttention, QkvLayout};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+/// ViT constructor arguments, named as the official code's keyword arguments. `Default` =
+/// ViT-B/16 at 224 px as ALBEF/BLIP build it (qkv bias, LN eps 1e-6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VitConfig {
+    /// Input resolution (square).
+    pub img_size: i64,
+    /// Patch size.
+    pub patch_size: i64,
+    /// Input channels.
+    pub in_chans: i64,
+    /// Width.
+    pub embed_dim: i64,
+    /// Number of blocks.
+    pub depth: i64,
+    /// Heads.
+    pub num_heads: i64,
+    /// MLP width = `mlp_ratio * embed_dim`.
+    pub mlp_ratio: f64,
+    /// Whether `qkv` has a bias.
+    pub qkv_bias: bool,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Stochastic-depth rate of the last block (linearly increasing from 0).
+    pub drop_path_rate: f64,
+    /// Layer-scale init (`gamma_1`/`gamma_2` exist when set).
+    pub layer_scale_init_value: Option<f64>,
+}
+
+impl Default for VitConfig {
+    fn default() -> Self {
+        VitConfig {
+            img_size: 224,
+            patch_size: 16,
+            in_chans: 3,
+            embed_dim: 768,
+            depth: 12,
+            num_heads: 12,
+            mlp_ratio: 4.0,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            drop_path_rate: 0.0,
+            layer_scale_init_value: None,
+        }
+    }
+}
+
+impl VitConfig {
+    /// ViT-L/16 (BLIP large).
+    pub fn large() -> Self {
+        VitConfig {
+            embed_dim: 1024,
+            depth: 24,
+            num_heads: 16,
+            drop_path_rate: 0.1,
+            ..Default::default()
+        }
+    }
+    /// A tiny ViT for tests (32 px, patch 16, width 32, 2 blocks).
+    pub fn tiny() -> Self {
+        VitConfig {
+            img_size: 32,
+            patch_size: 16,
+            embed_dim: 32,
+            depth: 2,
+            num_heads: 4,
+            ..Default::default()
+        }
+    }
+    /// Patches per side at `img_size`.
+    pub fn grid(&self) -> i64 {
+        self.img_size / self.patch_size
+    }
+}
+
+/// Resizes a position-embedding table `[1, extra + g*g, D]` to a new patch grid with bicubic
+/// interpolation (`align_corners=False`), leaving the first `extra` rows (class token) as they are
+/// — what ALBEF/BLIP's `interpolate_pos_embed` does when a checkpoint meets another image size.
+pub fn interpolate_pos_embed(pos_embed: &Tensor, extra: i64, new_grid: (i64, i64)) -> Tensor {
+    let (n, d) = (pos_embed.size()[1], pos_embed.size()[2]);
+    let old = ((n - extra) as f64).sqrt().round() as i64;
+    assert_eq!(old * old, n - extra, "pos_embed rows {} - {extra} is not a square grid", n);
+    if (old, old) == new_grid {
+        return pos_embed.shallow_clone();
+    }
+    let head = pos_embed.narrow(1, 0, extra);
+    let grid = pos_embed
+        .narrow(1, extra, n - extra)
+        .reshape([1, old, old, d])
+        .permute([0, 3, 1, 2]);
+    let kind = grid.kind();
+    let resized = grid
+        .to_kind(Kind::Float)
+        .upsample_bicubic2d([new_grid.0, new_grid.1], false, None, None)
+        .to_kind(kind)
+        .permute([0, 2, 3, 1])
+        .reshape([1, new_grid.0 * new_grid.1, d]);
+    Tensor::cat(&[head, resized], 1)
+}
+
+/// Conv patch embedding `patch_embed.proj` (kernel = stride = patch size), flattened to
+/// `[B, N, D]`.
+#[derive(Debug)]
+pub struct PatchEmbed {
+    proj: nn::Conv2D,
+    /// Patch size.
+    pub patch_size: i64,
+}
+
+impl PatchEmbed {
+    /// Builds `…/proj` under `p` (`…/patch_embed`).
+    pub fn new(p: &nn::Path, in_chans: i64, dim: i64, patch: i64) -> Self {
+        let cc = nn::ConvConfig {
+            stride: patch,
+            ..Default::default()
+        };
+        PatchEmbed {
+            proj: nn::conv2d(p / "proj", in_chans, dim, patch, cc),
+            patch_size: patch,
+        }
+    }
+    /// `[B, C, H, W]` → (`[B, N, D]`, grid `(H/p, W/p)`).
+    pub fn forward(&self, images: &Tensor) -> (Tensor, (i64, i64)) {
+        let x = images.apply(&self.proj);
+        let (gh, gw) = (x.size()[2], x.size()[3]);
+        (x.flatten(2, 3).transpose(1, 2), (gh, gw))
+    }
+}
+
+/// Hyper-parameters of one pre-LN [`VitBlock`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct VitBlockConfig {
+    /// Width.
+    pub dim: i64,
+    /// Heads.
+    pub num_heads: i64,
+    /// MLP width.
+    pub mlp_hidden: i64,
+    /// q/k/v layout (`Fused{bias}` for timm ViT, `FusedQv` for BEiT/VLMo).
+    pub qkv: QkvLayout,
+    /// LayerNorm epsilon.
+    pub eps: f64,
+    /// Layer-scale init (`gamma_1`, `gamma_2` exist when set).
+    pub layer_scale: Option<f64>,
+    /// Stochastic-depth rate of this block.
+    pub drop_path: f64,
+    /// Activation of the MLP.
+    pub act: Activation,
+}
+
+/// A ViT block: `x + dp(γ1·proj(attn(norm1(x))))`, `x + dp(γ2·mlp(norm2(x)))`.
+#[derive(Debug)]
+pub struct VitBlock {
+    norm1: nn::LayerNorm,
+    attn: MultiHeadAttention,
+    proj: nn::Linear,
+    norm2: nn::LayerNorm,
+    mlp: Mlp,
+    gamma_1: Option<Tensor>,
+    gamma_2: Option<Tensor>,
+    drop_path: f64,
+}
+
+impl VitBlock {
+    /// Builds a block under `p` (`…/blocks/N`).
+    pub fn new(p: &nn::Path, cfg: &VitBlockConfig) -> Self {
+        let ac = AttentionConfig::new(cfg.dim, cfg.num_heads, cfg.qkv.clone());
+        let gamma = |name: &str| {
+            cfg.layer_scale
+                .map(|v| p.var(name, &[cfg.dim], nn::Init::Const(v)))
+        };
+        VitBlock {
+            norm1: layer_norm(p / "norm1", cfg.dim, cfg.eps),
+            attn: MultiHeadAttention::new(&(p / "attn"), &ac),
+            proj: linear(p / "attn" / "proj", cfg.dim, cfg.dim),
+            norm2: layer_norm(p / "norm2", cfg.dim, cfg.eps),
+            mlp: Mlp::new(&(p / "mlp"), cfg.dim, cfg.mlp_hidden, cfg.act, 0.0),
+            gamma_1: gamma("gamma_1"),
+            gamma_2: gamma("gamma_2"),
+            drop_path: cfg.drop_path,
+        }
+    }
+
+    /// Applies the block with an optional additive attention mask/bias.
+    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        let mut h = self
+            .attn
+            .forward_t(&x.apply(&self.norm1), None, mask, train)
+            .apply(&self.proj);
+        if let Some(g) = &self.gamma_1 {
+            h = h * g;
+        }
+        let x = x + drop_path(&h, self.drop_path, train);
+        let mut h = self.mlp.forward_t(&x.apply(&self.norm2), train);
+        if let Some(g) = &self.gamma_2 {
+            h = h * g;
+        }
+        &x + drop_path(&h, self.drop_path, train)
+    }
+}
+
+/// The timm-0.4-style Vision Transformer of ALBEF and BLIP (`models/vit.py`): patch embedding,
+/// class token, absolute position embedding (interpolated on the fly for other image sizes),
+/// pre-LN blocks and a final LayerNorm over every token. No pooler.
+#[derive(Debug)]
+pub struct VisionTransformer {
+    cls_token: Tensor,
+    pos_embed: Tensor,
+    patch_embed: PatchEmbed,
+    blocks: Vec<VitBlock>,
+    norm: nn::LayerNorm,
+    /// The configuration it was built with.
+    pub cfg: VitConfig,
+}
+
+impl VisionTransformer {
+    /// Builds the encoder under `p` (`visual_encoder` in ALBEF/BLIP).
+    pub fn new(p: &nn::Path, cfg: &VitConfig) -> Self {
+        let d = cfg.embed_dim;
+        let n = cfg.grid() * cfg.grid();
+        let init = nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        let blocks = (0..cfg.depth)
+            .map(|i| {
+                let dp = if cfg.depth > 1 {
+                    cfg.drop_path_rate * i as f64 / (cfg.depth - 1) as f64
+                } else {
+                    0.0
+                };
+                let bc = VitBlockConfig {
+                    dim: d,
+                    num_heads: cfg.num_heads,
+                    mlp_hidden: (d as f64 * cfg.mlp_ratio) as i64,
+                    qkv: QkvLayout::Fused { bias: cfg.qkv_bias },
+                    eps: cfg.layer_norm_eps,
+                    layer_scale: cfg.layer_scale_init_value,
+                    drop_path: dp,
+                    act: Activation::Gelu,
+                };
+                VitBlock::new(&(p / "blocks" / i), &bc)
+            })
+            .collect();
+        VisionTransformer {
+            cls_token: p.var("cls_token", &[1, 1, d], init),
+            pos_embed: p.var("pos_embed", &[1, n + 1, d], init),
+            patch_embed: PatchEmbed::new(&(p / "patch_embed"), cfg.in_chans, d, cfg.patch_size),
+            blocks,
+            norm: layer_norm(p / "norm", d, cfg.layer_norm_eps),
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// The embedded tokens before the blocks: `[cls; patches] + pos_embed` (interpolated when
+    /// the image grid differs from the table's).
+    pub fn embed(&self, images: &Tensor) -> Tensor {
+        let (x, grid) = self.patch_embed.forward(images);
+        let b = x.size()[0];
+        let cls = self.cls_token.expand([b, -1, -1], false);
+        let pos = interpolate_pos_embed(&self.pos_embed, 1, grid);
+        Tensor::cat(&[cls, x], 1) + pos
+    }
+
+    /// `[B, 3, H, W]` → `[B, 1 + N, D]` after the final norm.
+    pub fn forward_t(&self, images: &Tensor, train: bool) -> Tensor {
+        let mut x = self.embed(images);
+        for b in &self.blocks {
+            x = b.forward_t(&x, None, train);
+        }
+        x.apply(&self.norm)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn::VarStore, Device};
+
+    #[test]
+    fn interpolation_keeps_cls_and_is_identity_on_same_grid() {
+        let pe = Tensor::randn([1, 1 + 16, 8], (Kind::Float, Device::Cpu));
+        assert!(interpolate_pos_embed(&pe, 1, (4, 4)).equal(&pe));
+        let up = interpolate_pos_embed(&pe, 1, (6, 6));
+        assert_eq!(up.size(), vec![1, 37, 8]);
+        assert!(up.narrow(1, 0, 1).equal(&pe.narrow(1, 0, 1)));
+        // a constant grid stays constant under bicubic resampling
+        let c = Tensor::ones([1, 17, 2], (Kind::Float, Device::Cpu));
+        let r = interpolate_pos_embed(&c, 1, (3, 3));
+        assert!(r.allclose(&Tensor::ones([1, 10, 2], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn vit_runs_at_other_resolutions_and_names_keys_like_timm() {
+        let vs = VarStore::new(Device::Cpu);
+        let vit = VisionTransformer::new(&(vs.root() / "visual_encoder"), &VitConfig::tiny());
+        let keys = vs.variables();
+        for k in [
+            "visual_encoder.cls_token",
+            "visual_encoder.pos_embed",
+            "visual_encoder.patch_embed.proj.weight",
+            "visual_encoder.blocks.1.attn.qkv.bias",
+            "visual_encoder.blocks.1.attn.proj.weight",
+            "visual_encoder.blocks.0.mlp.fc2.bias",
+            "visual_encoder.norm.weight",
+        ] {
+            assert!(keys.contains_key(k), "missing {k}");
+        }
+        let y = vit.forward_t(&Tensor::randn([2, 3, 48, 48], (Kind::Float, Device::Cpu)), false);
+        assert_eq!(y.size(), vec![2, 10, 32]);
+    }
+}

@@ -1,0 +1,1 @@
+//! vlp-objectives: pretraining objectives.

@@ -1,0 +1,1 @@
+//! vlp-tasks: downstream tasks.
