@@ -297,20 +297,17 @@ impl MultiHeadAttention {
 }
 
 /// Additive padding mask `[B, 1, 1, L]` from a keep-mask `[B, L]` (1 = token, 0 = pad):
-/// 0 where kept, `neg` where padded (BERT family: `(1 - m) * -10000`).
+/// 0 where kept, `neg` where padded (BERT family: `(1 - m) * -10000`; `-inf` is allowed).
 pub fn padding_mask(keep: &Tensor, neg: f64, kind: Kind) -> Tensor {
-    let m = keep.to_kind(kind).unsqueeze(1).unsqueeze(1);
-    (m.ones_like() - m) * neg
+    let padded = keep.eq(0).unsqueeze(1).unsqueeze(1);
+    Tensor::zeros(padded.size(), (kind, keep.device())).masked_fill(&padded, neg)
 }
 
 /// Additive causal mask `[1, 1, Lq, Lk]`: query i (the last `Lq` of `Lk` positions) sees keys
 /// `j <= i + Lk - Lq`; `neg` elsewhere.
 pub fn causal_mask(lq: i64, lk: i64, neg: f64, kind: Kind, device: tch::Device) -> Tensor {
-    let ones = Tensor::ones([lq, lk], (Kind::Float, device));
-    let allowed = ones.tril(lk - lq);
-    ((allowed.ones_like() - allowed) * neg)
-        .to_kind(kind)
-        .view([1, 1, lq, lk])
+    let hidden = Tensor::ones([lq, lk], (Kind::Bool, device)).triu(lk - lq + 1);
+    Tensor::zeros([1, 1, lq, lk], (kind, device)).masked_fill(&hidden.view([1, 1, lq, lk]), neg)
 }
 
 /// Sums the given additive masks/biases (any may be `None`); `None` when all are.
@@ -379,7 +376,7 @@ mod tests {
         let x = Tensor::randn([1, 3, 8], (Kind::Float, Device::Cpu));
         let a = att.forward_t(&x, None, None, false);
         tch::no_grad(|| {
-            let _ = vs.variables()["q_bias"].fill_(0.5);
+            let _ = vs.variables().get_mut("q_bias").unwrap().fill_(0.5);
         });
         let b = att.forward_t(&x, None, None, false);
         assert!(!a.allclose(&b, 1e-4, 1e-4, false));

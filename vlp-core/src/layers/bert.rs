@@ -197,7 +197,7 @@ impl BertEmbeddings {
         if position_ids_buffer {
             let ids = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, p.device()))
                 .unsqueeze(0);
-            p.add("position_ids", ids, false);
+            let _ = p.add("position_ids", ids, false);
         }
         BertEmbeddings {
             word_embeddings: nn::embedding(p / "word_embeddings", cfg.vocab_size, d, ec),

@@ -219,7 +219,7 @@ mod tests {
         let text = Tensor::randn([1, 3, 16], (Kind::Float, Device::Cpu));
         let img = Tensor::randn([1, 4, 16], (Kind::Float, Device::Cpu));
         let joint = Tensor::cat(&[&text, &img], 1);
-        let mut m = Tensor::full([7, 7], -1e9, (Kind::Float, Device::Cpu));
+        let m = Tensor::full([7, 7], -1e9, (Kind::Float, Device::Cpu));
         let _ = m.narrow(0, 0, 3).narrow(1, 0, 3).fill_(0.0);
         let _ = m.narrow(0, 3, 4).narrow(1, 3, 4).fill_(0.0);
         let out = blk.forward_t(&joint, Some(&m), Modality::Split { text_len: 3 }, false).unwrap();
