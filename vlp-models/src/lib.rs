@@ -7,7 +7,9 @@
 //!
 //! | module | paper | status |
 //! |---|---|---|
+//! | [`albef`] | ALBEF (Li et al., NeurIPS 2021): pretrain, retrieval, VQA, NLVR2, SNLI-VE | parity with salesforce/ALBEF on tiny fixtures |
 //! | [`bert`] | BERT (Devlin et al. 2019), the text backbone of ALBEF/BLIP/UNITER | encoder + pooler, parity with HF on all-MiniLM-L6-v2 |
+pub mod albef;
 pub mod bert;
 pub mod parity;
 pub mod registry;

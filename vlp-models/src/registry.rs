@@ -27,12 +27,20 @@ fn build_bert(variant: &str, config: &serde_json::Value, device: Device) -> Resu
     Ok(Box::new(crate::bert::BertEncoderModel::new(&cfg, device)?))
 }
 
-static MODELS: &[ModelSpec] = &[ModelSpec {
-    name: "bert",
-    paper: "BERT (Devlin et al., NAACL 2019) — HF BertModel layout",
-    variants: &["encoder"],
-    build: build_bert,
-}];
+static MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        name: "bert",
+        paper: "BERT (Devlin et al., NAACL 2019) — HF BertModel layout",
+        variants: &["encoder"],
+        build: build_bert,
+    },
+    ModelSpec {
+        name: "albef",
+        paper: "ALBEF (Li et al., NeurIPS 2021) — salesforce/ALBEF layout",
+        variants: crate::albef::VARIANTS,
+        build: crate::albef::build,
+    },
+];
 
 /// Every registered model family.
 pub fn models() -> &'static [ModelSpec] {
@@ -40,7 +48,7 @@ pub fn models() -> &'static [ModelSpec] {
 }
 
 /// The model families of the zoo that are planned but not registered yet.
-pub const PLANNED: &[&str] = &["albef", "blip", "vlmo", "beit3", "uniter", "vilbert", "ofa"];
+pub const PLANNED: &[&str] = &["blip", "vlmo", "beit3", "uniter", "vilbert", "ofa"];
 
 /// Looks a model family up by name.
 pub fn find(name: &str) -> Option<&'static ModelSpec> {

@@ -1,0 +1,600 @@
+//! ALBEF pretraining, `models/model_pretrain.py:ALBEF`: image-text contrastive learning with a
+//! feature queue and momentum distillation (ITC), image-text matching on hard negatives (ITM) and
+//! masked language modelling with distillation (MLM).
+//!
+//! One [`AlbefPretrain::forward`] does, in the official order: clamp `temp` to `[0.001, 0.5]` (in
+//! place), online image/text features, **momentum update first**, then the momentum features,
+//! the similarities against `[in-batch momentum features ; queue]`, the ITC loss, the enqueue of the
+//! momentum features, ITM on `[positives ; text vs hard-negative image ; hard-negative text vs
+//! image]`, and the MLM loss on all 12 (text + fusion) layers. Hard negatives and MLM masks are
+//! drawn with torch's global generator unless recorded draws are injected ([`PretrainDraws`]).
+//!
+//! Keys: `visual_encoder.*`, `text_encoder.bert.*`, `text_encoder.cls.predictions.*`,
+//! `vision_proj.*`, `text_proj.*`, `itm_head.*`, `temp`, the momentum copies `*_m.*`, and the
+//! buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
+use super::{
+    check_image, check_text, cls_token, complete_tied, init_momentum, input_on,
+    interpolate_pos_embeds, mlm_tied_pairs, momentum_update, normalize, scalar_input, AlbefBert,
+    AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
+};
+use crate::{Tensors, VlpModel};
+use tch::{nn, nn::VarStore, Device, Kind, Tensor};
+use vlp_core::checkpoint::StateDict;
+use vlp_core::layers::bert::CrossInput;
+use vlp_core::layers::linear;
+use vlp_core::layers::vit::VisionTransformer;
+use vlp_core::{Result, VlpError};
+use vlp_objectives::itc::{Itc, ItcInputs};
+use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
+use vlp_objectives::mlm::{Mlm, MlmDraws, MlmMasker};
+use vlp_objectives::momentum::enqueue_shared;
+
+/// The online/momentum module pairs of `model_pretrain.py` (`self.model_pairs`).
+pub const PRETRAIN_PAIRS: MomentumPairs = &[
+    ("visual_encoder.", "visual_encoder_m."),
+    ("vision_proj.", "vision_proj_m."),
+    ("text_encoder.", "text_encoder_m."),
+    ("text_proj.", "text_proj_m."),
+];
+
+/// One pretraining batch.
+#[derive(Debug, Clone, Copy)]
+pub struct PretrainBatch<'a> {
+    /// `[B, 3, H, W]` normalised images.
+    pub image: &'a Tensor,
+    /// `[B, L]` token ids (`[CLS]` first; ALBEF's tokenizer adds no `[SEP]`).
+    pub input_ids: &'a Tensor,
+    /// `[B, L]` 1 = token, 0 = pad.
+    pub attention_mask: &'a Tensor,
+}
+
+/// Where the MLM inputs of a forward come from.
+#[derive(Debug, Default)]
+pub enum MlmInput {
+    /// Draw fresh masks with torch's global generator (`ALBEF.mask()`).
+    #[default]
+    Sample,
+    /// Apply recorded raw draws (the four draws of `ALBEF.mask()`).
+    Draws(MlmDraws),
+    /// Use already-masked ids and their labels (-100 = not masked).
+    Masked {
+        /// `[B, L]` masked ids.
+        input_ids: Tensor,
+        /// `[B, L]` labels.
+        labels: Tensor,
+    },
+}
+
+/// The random draws of one forward: `None` / [`MlmInput::Sample`] = draw them.
+#[derive(Debug, Default)]
+pub struct PretrainDraws {
+    /// ITM hard negatives (`torch.multinomial` draws).
+    pub negatives: Option<NegativeDraws>,
+    /// MLM masking.
+    pub mlm: MlmInput,
+}
+
+/// Everything one pretraining forward computes (names = the fixture probes).
+#[derive(Debug)]
+pub struct PretrainOutput {
+    /// ITC loss (with distillation).
+    pub loss_ita: Tensor,
+    /// ITM loss.
+    pub loss_itm: Tensor,
+    /// MLM loss (with distillation).
+    pub loss_mlm: Tensor,
+    /// `[B, 1+N, D]` ViT output.
+    pub image_embeds: Tensor,
+    /// `[B, L, D]` text-mode output.
+    pub text_embeds: Tensor,
+    /// `[B, E]` normalised image features.
+    pub image_feat: Tensor,
+    /// `[B, E]` normalised text features.
+    pub text_feat: Tensor,
+    /// `[B, 1+N, D]` momentum ViT output (after the update).
+    pub image_embeds_m: Tensor,
+    /// `[B, E]` momentum image features (enqueued).
+    pub image_feat_m: Tensor,
+    /// `[B, E]` momentum text features (enqueued).
+    pub text_feat_m: Tensor,
+    /// `[B, B+Q]` image-to-text logits.
+    pub sim_i2t: Tensor,
+    /// `[B, B+Q]` text-to-image logits.
+    pub sim_t2i: Tensor,
+    /// `[B, B+Q]` momentum image-to-text logits.
+    pub sim_i2t_m: Tensor,
+    /// `[B, B+Q]` momentum text-to-image logits.
+    pub sim_t2i_m: Tensor,
+    /// `[B, B]` multinomial weights of the negative images of each text.
+    pub itm_weights_t2i: Tensor,
+    /// `[B, B]` multinomial weights of the negative texts of each image.
+    pub itm_weights_i2t: Tensor,
+    /// The hard negatives used.
+    pub negatives: NegativeDraws,
+    /// `[B, L, D]` fusion output of the positive pairs.
+    pub fusion_pos: Tensor,
+    /// `[2B, L, D]` fusion output of the negative pairs.
+    pub fusion_neg: Tensor,
+    /// `[3B, 2]` ITM logits.
+    pub itm_logits: Tensor,
+    /// `[B, L]` masked ids seen by the MLM forward.
+    pub mlm_input_ids: Tensor,
+    /// `[B, L]` MLM labels.
+    pub mlm_labels: Tensor,
+    /// `[B, L, V]` online MLM logits.
+    pub mlm_logits: Tensor,
+    /// `[B, L, V]` momentum MLM logits (soft labels = their softmax).
+    pub mlm_logits_m: Tensor,
+    /// `temp` after the clamp.
+    pub temp: Tensor,
+}
+
+impl PretrainOutput {
+    /// The training loss `loss_mlm + loss_ita + loss_itm` (Pretrain.py).
+    pub fn loss(&self) -> Tensor {
+        &self.loss_mlm + &self.loss_ita + &self.loss_itm
+    }
+
+    /// The outputs by probe name (plus the draws used).
+    pub fn into_named(self) -> Tensors {
+        let mut t = Tensors::new();
+        let v = self.mlm_logits.size()[2];
+        let sel = self
+            .mlm_labels
+            .reshape([-1])
+            .ne(-100)
+            .nonzero()
+            .squeeze_dim(1);
+        let masked = self.mlm_logits.reshape([-1, v]).index_select(0, &sel);
+        for (k, x) in [
+            ("loss_ita", self.loss_ita),
+            ("loss_itm", self.loss_itm),
+            ("loss_mlm", self.loss_mlm),
+            ("image_embeds", self.image_embeds),
+            ("text_embeds", self.text_embeds),
+            ("image_feat", self.image_feat),
+            ("text_feat", self.text_feat),
+            ("image_embeds_m", self.image_embeds_m),
+            ("image_feat_m", self.image_feat_m),
+            ("text_feat_m", self.text_feat_m),
+            ("sim_i2t", self.sim_i2t),
+            ("sim_t2i", self.sim_t2i),
+            ("sim_i2t_m", self.sim_i2t_m),
+            ("sim_t2i_m", self.sim_t2i_m),
+            ("itm_weights_t2i", self.itm_weights_t2i),
+            ("itm_weights_i2t", self.itm_weights_i2t),
+            ("itm_neg_image_idx", self.negatives.neg_image_idx),
+            ("itm_neg_text_idx", self.negatives.neg_text_idx),
+            ("fusion_pos", self.fusion_pos),
+            ("fusion_neg", self.fusion_neg),
+            ("itm_logits", self.itm_logits),
+            ("mlm_input_ids", self.mlm_input_ids),
+            ("mlm_labels", self.mlm_labels),
+            ("mlm_logits", self.mlm_logits),
+            ("mlm_logits_masked", masked),
+            ("mlm_logits_m", self.mlm_logits_m),
+            ("temp_after_clamp", self.temp),
+        ] {
+            t.insert(k.to_string(), x);
+        }
+        t
+    }
+}
+
+/// `models/model_pretrain.py:ALBEF`.
+#[derive(Debug)]
+pub struct AlbefPretrain {
+    vs: VarStore,
+    /// The configuration.
+    pub cfg: AlbefConfig,
+    /// `visual_encoder.*`.
+    pub visual_encoder: VisionTransformer,
+    /// `text_encoder.*` (`BertForMaskedLM`).
+    pub text_encoder: AlbefMaskedLm,
+    /// `vision_proj.*` (vision width → embed_dim).
+    pub vision_proj: nn::Linear,
+    /// `text_proj.*`.
+    pub text_proj: nn::Linear,
+    /// `itm_head.*` (hidden → 2).
+    pub itm_head: nn::Linear,
+    /// `temp` (learned, clamped to [0.001, 0.5] at each forward).
+    pub temp: Tensor,
+    /// `visual_encoder_m.*`.
+    pub visual_encoder_m: VisionTransformer,
+    /// `vision_proj_m.*`.
+    pub vision_proj_m: nn::Linear,
+    /// `text_encoder_m.*`.
+    pub text_encoder_m: AlbefMaskedLm,
+    /// `text_proj_m.*`.
+    pub text_proj_m: nn::Linear,
+    /// `image_queue` `[E, Q]` (buffer).
+    pub image_queue: Tensor,
+    /// `text_queue` `[E, Q]` (buffer).
+    pub text_queue: Tensor,
+    /// `queue_ptr` `[1]` int64 (buffer).
+    pub queue_ptr: Tensor,
+    /// Special token ids for MLM masking (default bert-base-uncased).
+    pub tokens: SpecialTokens,
+    /// Dropout on (the official scripts train with dropout); off by default.
+    pub train: bool,
+}
+
+/// A `[E, Q]` queue of random unit columns (`normalize(randn(E, Q), dim=0)`).
+pub(crate) fn random_queue(e: i64, q: i64, device: Device) -> Tensor {
+    let r = Tensor::randn([e, q], (Kind::Float, device));
+    &r / r
+        .norm_scalaropt_dim(2.0, [0i64].as_slice(), true)
+        .clamp_min(1e-12)
+}
+
+/// The ITM part shared by pretraining and retrieval: fuses the `2B` negative pairs
+/// `[text ; text[neg_text]]` × `[image[neg_image] ; image]` and returns `(fusion_neg, logits)`
+/// with logits rows `[pos B ; neg-image B ; neg-text B]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn itm_forward(
+    bert: &AlbefBert,
+    itm_head: &nn::Linear,
+    text_embeds: &Tensor,
+    mask: &Tensor,
+    image_embeds: &Tensor,
+    fusion_pos: &Tensor,
+    neg: &NegativeDraws,
+    train: bool,
+) -> Result<(Tensor, Tensor)> {
+    let b = text_embeds.size()[0];
+    for (name, idx) in [
+        ("itm_neg_image_idx", &neg.neg_image_idx),
+        ("itm_neg_text_idx", &neg.neg_text_idx),
+    ] {
+        let ok = idx.size() == [b]
+            && (b == 0 || (idx.min().int64_value(&[]) >= 0 && idx.max().int64_value(&[]) < b));
+        if !ok {
+            return Err(VlpError::input(
+                name,
+                format!("expected [{b}] indices in 0..{b}, got {:?}", idx.size()),
+            ));
+        }
+    }
+    let dev = text_embeds.device();
+    let ni = neg.neg_image_idx.to_device(dev);
+    let nt = neg.neg_text_idx.to_device(dev);
+    let image_all = Tensor::cat(
+        &[
+            image_embeds.index_select(0, &ni),
+            image_embeds.shallow_clone(),
+        ],
+        0,
+    );
+    let text_all = Tensor::cat(
+        &[
+            text_embeds.shallow_clone(),
+            text_embeds.index_select(0, &nt),
+        ],
+        0,
+    );
+    let mask_all = Tensor::cat(&[mask.shallow_clone(), mask.index_select(0, &nt)], 0);
+    let cross = [CrossInput {
+        states: &image_all,
+        mask: None,
+    }];
+    let fusion_neg = bert.fusion(&text_all, &mask_all, &cross, train);
+    let vl = Tensor::cat(&[cls_token(fusion_pos), cls_token(&fusion_neg)], 0);
+    Ok((fusion_neg, vl.apply(itm_head)))
+}
+
+/// The ITM loss over the logits, dropping the rows of invalid (absent) negatives.
+pub(crate) fn itm_loss(logits: &Tensor, neg: &NegativeDraws) -> Result<Tensor> {
+    let itm = Itm::default();
+    if neg.all_valid() {
+        itm.try_loss(logits, None)
+    } else {
+        itm.try_loss(
+            logits,
+            Some(&neg.itm_keep_mask().to_device(logits.device())),
+        )
+    }
+}
+
+impl AlbefPretrain {
+    /// Builds the model (momentum copies initialised from the online weights, queues random
+    /// unit columns, `queue_ptr` 0) on `device`.
+    pub fn new(cfg: &AlbefConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let vs = VarStore::new(device);
+        let r = vs.root();
+        let vit = cfg.vit();
+        let (dv, dt, e) = (cfg.vision_width, cfg.bert.hidden_size, cfg.embed_dim);
+        let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
+        let text_encoder = AlbefMaskedLm::new(&(&r / "text_encoder"), &cfg.bert)?;
+        let vision_proj = linear(&r / "vision_proj", dv, e);
+        let text_proj = linear(&r / "text_proj", dt, e);
+        let temp = r.var("temp", &[], nn::Init::Const(cfg.temp));
+        let itm_head = linear(&r / "itm_head", dt, 2);
+        let visual_encoder_m = VisionTransformer::new(&(&r / "visual_encoder_m"), &vit);
+        let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
+        let text_encoder_m = AlbefMaskedLm::new(&(&r / "text_encoder_m"), &cfg.bert)?;
+        let text_proj_m = linear(&r / "text_proj_m", dt, e);
+        let image_queue = r.add(
+            "image_queue",
+            random_queue(e, cfg.queue_size, device),
+            false,
+        );
+        let text_queue = r.add("text_queue", random_queue(e, cfg.queue_size, device), false);
+        let queue_ptr = r.add(
+            "queue_ptr",
+            Tensor::zeros([1], (Kind::Int64, device)),
+            false,
+        );
+        init_momentum(&vs, PRETRAIN_PAIRS)?;
+        Ok(AlbefPretrain {
+            vs,
+            cfg: cfg.clone(),
+            visual_encoder,
+            text_encoder,
+            vision_proj,
+            text_proj,
+            itm_head,
+            temp,
+            visual_encoder_m,
+            vision_proj_m,
+            text_encoder_m,
+            text_proj_m,
+            image_queue,
+            text_queue,
+            queue_ptr,
+            tokens: SpecialTokens::default(),
+            train: false,
+        })
+    }
+
+    /// The MLM masker of this model (`mlm_probability`, its special tokens, the BERT vocab).
+    pub fn masker(&self) -> MlmMasker {
+        MlmMasker {
+            probability: self.cfg.mlm_probability,
+            mask_id: self.tokens.mask,
+            pad_id: self.tokens.pad,
+            cls_id: self.tokens.cls,
+            vocab_size: self.cfg.bert.vocab_size,
+        }
+    }
+
+    /// One pretraining step's forward (`model(image, text, alpha)`), updating the momentum
+    /// encoders, `temp` (clamp) and the queues in place. Run it under `tch::no_grad` for
+    /// evaluation; the online parts carry gradients otherwise.
+    pub fn forward(
+        &mut self,
+        batch: &PretrainBatch,
+        alpha: f64,
+        draws: PretrainDraws,
+    ) -> Result<PretrainOutput> {
+        let (image, ids, mask) = (batch.image, batch.input_ids, batch.attention_mask);
+        check_image(image, "image")?;
+        check_text(ids, mask, "input_ids")?;
+        let b = image.size()[0];
+        if ids.size()[0] != b {
+            return Err(VlpError::input(
+                "input_ids",
+                format!("batch {} differs from the images' {b}", ids.size()[0]),
+            ));
+        }
+        let train = self.train;
+        tch::no_grad(|| {
+            let _ = self.temp.shallow_clone().clamp_(0.001, 0.5);
+        });
+        let temp = self.temp.shallow_clone();
+
+        let image_embeds = self.visual_encoder.forward_t(image, train);
+        let image_feat = normalize(&cls_token(&image_embeds).apply(&self.vision_proj));
+        let text_embeds = self.text_encoder.bert.text(ids, mask, train);
+        let text_feat = normalize(&cls_token(&text_embeds).apply(&self.text_proj));
+
+        let (image_embeds_m, image_feat_m, text_feat_m, image_feat_all, text_feat_all) =
+            tch::no_grad(|| -> Result<_> {
+                momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
+                let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
+                let image_feat_m =
+                    normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+                let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
+                let text_m = self.text_encoder_m.bert.text(ids, mask, train);
+                let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+                let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
+                Ok((
+                    image_embeds_m,
+                    image_feat_m,
+                    text_feat_m,
+                    image_feat_all,
+                    text_feat_all,
+                ))
+            })?;
+        let (sim_i2t_m, sim_t2i_m) = tch::no_grad(|| {
+            (
+                image_feat_m.matmul(&text_feat_all) / &temp,
+                text_feat_m.matmul(&image_feat_all) / &temp,
+            )
+        });
+        let sim_i2t = image_feat.matmul(&text_feat_all) / &temp;
+        let sim_t2i = text_feat.matmul(&image_feat_all) / &temp;
+        let loss_ita = Itc::default().try_loss(&ItcInputs {
+            sim_i2t: &sim_i2t,
+            sim_t2i: &sim_t2i,
+            sim_i2t_m: Some(&sim_i2t_m),
+            sim_t2i_m: Some(&sim_t2i_m),
+            targets: None,
+            alpha,
+        })?;
+        enqueue_shared(
+            &[
+                (&self.image_queue, &image_feat_m),
+                (&self.text_queue, &text_feat_m),
+            ],
+            &self.queue_ptr,
+        )?;
+
+        // ITM with hard negatives.
+        let cross = [CrossInput {
+            states: &image_embeds,
+            mask: None,
+        }];
+        let fusion_pos = self
+            .text_encoder
+            .bert
+            .fusion(&text_embeds, mask, &cross, train);
+        let sampler = HardNegativeSampler::albef();
+        let w_i2t = sampler.try_weights(&sim_i2t.narrow(1, 0, b), None)?;
+        let w_t2i = sampler.try_weights(&sim_t2i.narrow(1, 0, b), None)?;
+        let negatives = match draws.negatives {
+            Some(d) => d,
+            None => sampler.sample(&w_t2i, &w_i2t)?,
+        };
+        let (fusion_neg, itm_logits) = itm_forward(
+            &self.text_encoder.bert,
+            &self.itm_head,
+            &text_embeds,
+            mask,
+            &image_embeds,
+            &fusion_pos,
+            &negatives,
+            train,
+        )?;
+        let loss_itm = itm_loss(&itm_logits, &negatives)?;
+
+        // MLM with distillation.
+        let masker = self.masker();
+        let (mlm_input_ids, mlm_labels) = match draws.mlm {
+            MlmInput::Masked { input_ids, labels } => {
+                check_text(&input_ids, &labels, "mlm_input_ids")?;
+                (
+                    input_ids.to_device(ids.device()),
+                    labels.to_device(ids.device()),
+                )
+            }
+            MlmInput::Draws(d) => masker.try_apply(ids, &d)?,
+            MlmInput::Sample => {
+                let d = masker.draw(ids);
+                masker.try_apply(ids, &d)?
+            }
+        };
+        let mlm_logits_m = tch::no_grad(|| {
+            let cross_m = [CrossInput {
+                states: &image_embeds_m,
+                mask: None,
+            }];
+            let h = self
+                .text_encoder_m
+                .bert
+                .multimodal(&mlm_input_ids, mask, &cross_m, train);
+            self.text_encoder_m.cls.forward(&h)
+        });
+        let h = self
+            .text_encoder
+            .bert
+            .multimodal(&mlm_input_ids, mask, &cross, train);
+        let mlm_logits = self.text_encoder.cls.forward(&h);
+        let loss_mlm =
+            Mlm::default().try_loss(&mlm_logits, &mlm_labels, Some(&mlm_logits_m), alpha)?;
+
+        Ok(PretrainOutput {
+            loss_ita,
+            loss_itm,
+            loss_mlm,
+            image_embeds,
+            text_embeds,
+            image_feat,
+            text_feat,
+            image_embeds_m,
+            image_feat_m,
+            text_feat_m,
+            sim_i2t,
+            sim_t2i,
+            sim_i2t_m,
+            sim_t2i_m,
+            itm_weights_t2i: w_t2i,
+            itm_weights_i2t: w_i2t,
+            negatives,
+            fusion_pos,
+            fusion_neg,
+            itm_logits,
+            mlm_input_ids,
+            mlm_labels,
+            mlm_logits,
+            mlm_logits_m,
+            temp: self.temp.detach().copy(),
+        })
+    }
+}
+
+/// Reads the recorded draws of a fixture (`itm_neg_*`, `mlm_input_ids`/`mlm_labels` or the raw
+/// `mlm_draw_*`), on `device`.
+pub(crate) fn named_draws(inputs: &Tensors, prefix: &str, device: Device) -> PretrainDraws {
+    let get = |n: &str| {
+        inputs
+            .get(&format!("{prefix}{n}"))
+            .map(|t| t.to_device(device))
+    };
+    let negatives = match (get("itm_neg_image_idx"), get("itm_neg_text_idx")) {
+        (Some(i), Some(t)) => Some(NegativeDraws::from_indices(i, t)),
+        _ => None,
+    };
+    let mlm = match (get("mlm_input_ids"), get("mlm_labels")) {
+        (Some(input_ids), Some(labels)) => MlmInput::Masked { input_ids, labels },
+        _ => match (
+            get("mlm_draw_masked"),
+            get("mlm_draw_replaced"),
+            get("mlm_draw_random"),
+            get("mlm_draw_random_words"),
+        ) {
+            (Some(masked), Some(replaced), Some(random), Some(random_words)) => {
+                MlmInput::Draws(MlmDraws {
+                    masked,
+                    replaced,
+                    random,
+                    random_words,
+                })
+            }
+            _ => MlmInput::Sample,
+        },
+    };
+    PretrainDraws { negatives, mlm }
+}
+
+impl VlpModel for AlbefPretrain {
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+    /// `Pretrain.py` (not resuming): `visual_encoder(_m).pos_embed` interpolated to the model's
+    /// patch grid. Tied entries a checkpoint omits (`cls.predictions.decoder.*`) are filled from
+    /// their partners; present ones must equal them.
+    fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
+        let grid = self.cfg.vit().grid();
+        interpolate_pos_embeds(
+            &mut sd,
+            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
+            grid,
+        )?;
+        let mut pairs = mlm_tied_pairs("text_encoder.").to_vec();
+        pairs.extend(mlm_tied_pairs("text_encoder_m."));
+        complete_tied(&mut sd, &pairs)?;
+        Ok(sd)
+    }
+    /// Inputs: `image`, `input_ids`, `attention_mask`, `alpha` (else the MANIFEST's / config's),
+    /// optional recorded draws `itm_neg_image_idx`, `itm_neg_text_idx`, `mlm_input_ids` +
+    /// `mlm_labels` (or `mlm_draw_*`). Outputs: [`PretrainOutput::into_named`].
+    fn forward_named(&mut self, inputs: &Tensors, extra: &serde_json::Value) -> Result<Tensors> {
+        let dev = self.vs.device();
+        let image = input_on(inputs, "image", dev)?;
+        let ids = input_on(inputs, "input_ids", dev)?;
+        let mask = input_on(inputs, "attention_mask", dev)?;
+        let alpha = scalar_input(inputs, extra, "alpha", self.cfg.alpha);
+        let draws = named_draws(inputs, "", dev);
+        let batch = PretrainBatch {
+            image: &image,
+            input_ids: &ids,
+            attention_mask: &mask,
+        };
+        let out = tch::no_grad(|| self.forward(&batch, alpha, draws))?;
+        Ok(out.into_named())
+    }
+}
