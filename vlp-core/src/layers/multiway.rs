@@ -113,7 +113,7 @@ impl MomeBlock {
     pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, modality: Modality, train: bool) -> crate::Result<Tensor> {
         let mut h = self.attn.forward_t(&x.apply(&self.norm1), None, mask, train).apply(&self.proj);
         if let Some(g) = &self.gamma_1 {
-            h = h * g;
+            h *= g;
         }
         let x = x + drop_path(&h, self.drop_path, train);
         let mut h = match modality {
@@ -135,7 +135,7 @@ impl MomeBlock {
             },
         };
         if let Some(g) = &self.gamma_2 {
-            h = h * g;
+            h *= g;
         }
         Ok(&x + drop_path(&h, self.drop_path, train))
     }

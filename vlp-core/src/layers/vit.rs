@@ -197,12 +197,12 @@ impl VitBlock {
             .forward_t(&x.apply(&self.norm1), None, mask, train)
             .apply(&self.proj);
         if let Some(g) = &self.gamma_1 {
-            h = h * g;
+            h *= g;
         }
         let x = x + drop_path(&h, self.drop_path, train);
         let mut h = self.mlp.forward_t(&x.apply(&self.norm2), train);
         if let Some(g) = &self.gamma_2 {
-            h = h * g;
+            h *= g;
         }
         &x + drop_path(&h, self.drop_path, train)
     }
