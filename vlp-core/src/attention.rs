@@ -201,6 +201,39 @@ impl MultiHeadAttention {
         }
     }
 
+    /// Like [`new`](Self::new) for the `Separate` layout, but the key and value Linears are
+    /// `other`'s (tied weights: ALBEF NLVR2's `share_cross_attention`). Only the query is created;
+    /// the shared tensors are also registered under `p` (same storage, not trainable a second
+    /// time) so the state dict lists both names, as the official one does.
+    pub fn new_sharing_kv(p: &nn::Path, cfg: &AttentionConfig, other: &MultiHeadAttention) -> Self {
+        let (QkvLayout::Separate { names, bias }, QkvProj::Separate { k, v, .. }) = (&cfg.layout, &other.proj) else {
+            panic!("sharing key/value Linears needs the Separate layout on both sides");
+        };
+        assert_eq!((cfg.dim, cfg.num_heads), (other.dim, other.num_heads), "shared key/value: other width/heads");
+        let lc = nn::LinearConfig { bias: *bias, ..Default::default() };
+        let share = |name: &str, lin: &nn::Linear| {
+            let q = p / name;
+            let _ = q.add("weight", lin.ws.shallow_clone(), false);
+            if let Some(b) = &lin.bs {
+                let _ = q.add("bias", b.shallow_clone(), false);
+            }
+            nn::Linear { ws: lin.ws.shallow_clone(), bs: lin.bs.as_ref().map(|b| b.shallow_clone()) }
+        };
+        let proj = QkvProj::Separate {
+            q: nn::linear(p / names[0].as_str(), cfg.dim, cfg.dim, lc),
+            k: share(&names[1], k),
+            v: share(&names[2], v),
+        };
+        MultiHeadAttention {
+            proj,
+            num_heads: cfg.num_heads,
+            head_dim: cfg.dim / cfg.num_heads,
+            dim: cfg.dim,
+            attn_dropout: cfg.attn_dropout,
+            scale: cfg.scale,
+        }
+    }
+
     /// Width of the output.
     pub fn dim(&self) -> i64 {
         self.dim

@@ -270,12 +270,15 @@ pub struct BertAttention {
 }
 
 impl BertAttention {
-    fn new(p: &nn::Path, cfg: &BertLayerConfig, kv_dim: Option<i64>) -> Self {
+    fn new(p: &nn::Path, cfg: &BertLayerConfig, kv_dim: Option<i64>, share_kv: Option<&MultiHeadAttention>) -> Self {
         let mut ac = AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
         ac.kv_dim = kv_dim;
         ac.attn_dropout = cfg.attention_probs_dropout_prob;
         BertAttention {
-            attn: MultiHeadAttention::new(&(p / "self"), &ac),
+            attn: match share_kv {
+                None => MultiHeadAttention::new(&(p / "self"), &ac),
+                Some(other) => MultiHeadAttention::new_sharing_kv(&(p / "self"), &ac, other),
+            },
             dense: linear(p / "output" / "dense", cfg.hidden_size, cfg.hidden_size),
             layer_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
             dropout: cfg.hidden_dropout_prob,
@@ -334,11 +337,23 @@ pub struct BertLayer {
 impl BertLayer {
     /// Builds a layer under `p` (`…/layer/N`).
     pub fn new(p: &nn::Path, cfg: &BertLayerConfig) -> Self {
+        Self::build(p, cfg, None)
+    }
+
+    /// Like [`new`](Self::new), but the cross-attention key/value Linears are `partner`'s (ALBEF
+    /// NLVR2 ties them between layers (6,7), (8,9), …); both layers must have cross-attention.
+    pub fn new_sharing_cross_kv(p: &nn::Path, cfg: &BertLayerConfig, partner: &BertLayer) -> Self {
+        let other = &partner.crossattention.as_ref().expect("partner layer has no cross-attention").attn;
+        assert!(cfg.cross_attention_width.is_some(), "a layer sharing cross-attention key/value needs cross-attention");
+        Self::build(p, cfg, Some(other))
+    }
+
+    fn build(p: &nn::Path, cfg: &BertLayerConfig, share_kv: Option<&MultiHeadAttention>) -> Self {
         BertLayer {
-            attention: BertAttention::new(&(p / "attention"), cfg, None),
+            attention: BertAttention::new(&(p / "attention"), cfg, None, None),
             crossattention: cfg
                 .cross_attention_width
-                .map(|w| BertAttention::new(&(p / "crossattention"), cfg, Some(w))),
+                .map(|w| BertAttention::new(&(p / "crossattention"), cfg, Some(w), share_kv)),
             intermediate: linear(p / "intermediate" / "dense", cfg.hidden_size, cfg.intermediate_size),
             output: linear(p / "output" / "dense", cfg.intermediate_size, cfg.hidden_size),
             output_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),

@@ -51,7 +51,9 @@ pub mod retrieval;
 pub mod ve;
 pub mod vqa;
 
+pub use nlvr::AlbefNlvr;
 pub use pretrain::AlbefPretrain;
+pub use retrieval::AlbefRetrieval;
 pub use ve::AlbefVe;
 
 /// The registry's variant names.
@@ -733,6 +735,8 @@ pub fn build(
     let cfg = AlbefConfig::from_json(config)?;
     Ok(match variant {
         "pretrain" => Box::new(AlbefPretrain::new(&cfg, device)?),
+        "retrieval" => Box::new(AlbefRetrieval::new(&cfg, device)?),
+        "nlvr2" => Box::new(AlbefNlvr::new(&cfg, device)?),
         "ve" => Box::new(AlbefVe::new(&cfg, device)?),
         other => {
             return Err(VlpError::Unsupported {

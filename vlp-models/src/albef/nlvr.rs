@@ -1,1 +1,353 @@
-//! Placeholder.
+//! ALBEF for NLVR2, `models/model_nlvr.py:ALBEF`: one text, two images.
+//!
+//! The text encoder is forced to 18 layers (`bert_config.num_hidden_layers = 18`): layers below
+//! `fusion_layer` (6) are text-only, and layer `i >= fusion_layer` cross-attends to image
+//! `(i - fusion_layer) % 2` (xbert's list of `encoder_hidden_states`), so the fusion layers
+//! alternate between the two images. `share_cross_attention` ties the cross-attention **key and
+//! value** Linears (weight and bias) of layers (6,7), (8,9), …, (16,17) — the official loop
+//! hard-codes these six pairs; queries and output projections stay separate. The head is
+//! `cls_head = Linear(D, D) → ReLU → Linear(D, 2)` on the fused `[CLS]`; with `distill` the
+//! training loss is distilled from the momentum model (momentum 0.995, hard-coded).
+//!
+//! The images come as one batch `[image0 (B) ; image1 (B)]`.
+//!
+//! Keys: `visual_encoder.*`, `text_encoder.*` (18 layers), `cls_head.*`, and the `*_m` copies.
+//! The official state dict lists the tied tensors under both layers' names
+//! (`…layer.6.crossattention.self.key.weight` and `…layer.7.…`, same storage); the `VarStore`
+//! does too (the even layer's entries share the odd layer's tensors), so checkpoints load
+//! strictly; [`crate::VlpModel::adapt_state_dict`] checks that both entries are equal and fills
+//! one from the other if a de-duplicated checkpoint lacks it.
+use super::ve::{ClassifierMomentum, ClassifierOutput};
+use super::{
+    check_image, check_text, cls_token, complete_tied, distilled_ce, drop_prefixes,
+    has_pretrain_layout, init_momentum, input_on, interpolate_pos_embeds, momentum_update,
+    scalar_input, AlbefBert, AlbefConfig, ClsHead, MomentumPairs, FINETUNE_MOMENTUM,
+    PRETRAIN_ONLY_PREFIXES,
+};
+use crate::{Tensors, VlpModel};
+use tch::{nn, nn::VarStore, Device, Tensor};
+use vlp_core::checkpoint::StateDict;
+use vlp_core::layers::bert::{BertConfig, BertLayer, CrossInput};
+use vlp_core::layers::vit::VisionTransformer;
+use vlp_core::{Result, VlpError};
+
+/// The online/momentum module pairs of `model_nlvr.py`.
+pub const NLVR_PAIRS: MomentumPairs = &[
+    ("visual_encoder.", "visual_encoder_m."),
+    ("text_encoder.", "text_encoder_m."),
+    ("cls_head.", "cls_head_m."),
+];
+
+/// Number of text layers of the NLVR2 model (forced by the official class).
+pub const NLVR_LAYERS: i64 = 18;
+
+/// The layer pairs whose cross-attention key/value are tied, `(6 + 2k, 7 + 2k)` for `k < 6`
+/// (`share_cross_attention`); the first layer of each pair uses the second one's Linears.
+pub fn tied_layer_pairs() -> impl Iterator<Item = (usize, usize)> {
+    (0..6).map(|k| (6 + 2 * k, 7 + 2 * k))
+}
+
+/// The state-dict key pairs `(layer 7+2k, layer 6+2k)` of the tied tensors under `prefix`
+/// (`text_encoder.`, `text_encoder_m.`).
+pub fn tied_keys(prefix: &str) -> Vec<(String, String)> {
+    let mut v = vec![];
+    for (a, b) in tied_layer_pairs() {
+        for proj in ["key", "value"] {
+            for t in ["weight", "bias"] {
+                let k =
+                    |l: usize| format!("{prefix}encoder.layer.{l}.crossattention.self.{proj}.{t}");
+                v.push((k(b), k(a)));
+            }
+        }
+    }
+    v
+}
+
+/// The NLVR2 BERT config: `cfg` with 18 layers.
+pub fn nlvr_bert_config(cfg: &BertConfig) -> Result<BertConfig> {
+    let mut c = cfg.clone();
+    c.num_hidden_layers = NLVR_LAYERS;
+    c.validate()?;
+    let f = c.fusion_layer.unwrap_or(NLVR_LAYERS);
+    if f > 6 {
+        return Err(VlpError::Msg(format!(
+            "albef nlvr2: bert.fusion_layer {f} > 6 leaves the tied layers 6.. without cross-attention"
+        )));
+    }
+    Ok(c)
+}
+
+/// Builds the 18-layer text encoder under `p` with the tied cross-attention key/value.
+pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig) -> Result<AlbefBert> {
+    let cfg = nlvr_bert_config(cfg)?;
+    let pl = p / "encoder" / "layer";
+    let n = NLVR_LAYERS as usize;
+    let sharing: Vec<usize> = tied_layer_pairs().map(|(a, _)| a).collect();
+    let mut layers: Vec<Option<BertLayer>> = (0..n).map(|_| None).collect();
+    for (i, slot) in layers.iter_mut().enumerate() {
+        if !sharing.contains(&i) {
+            *slot = Some(BertLayer::new(
+                &(&pl / i),
+                &cfg.layer_config(cfg.layer_has_cross(i as i64)),
+            ));
+        }
+    }
+    for (a, b) in tied_layer_pairs() {
+        let partner = layers[b].as_ref().expect("built above");
+        let layer = BertLayer::new_sharing_cross_kv(&(&pl / a), &cfg.layer_config(true), partner);
+        layers[a] = Some(layer);
+    }
+    AlbefBert::with_layers(
+        p,
+        &cfg,
+        layers
+            .into_iter()
+            .map(|l| l.expect("every layer built"))
+            .collect(),
+    )
+}
+
+/// `models/model_nlvr.py:ALBEF`.
+#[derive(Debug)]
+pub struct AlbefNlvr {
+    vs: VarStore,
+    /// The configuration.
+    pub cfg: AlbefConfig,
+    /// `visual_encoder.*`.
+    pub visual_encoder: VisionTransformer,
+    /// `text_encoder.*` (18 layers, tied cross-attention key/value).
+    pub text_encoder: AlbefBert,
+    /// `cls_head.*` (2 classes).
+    pub cls_head: ClsHead,
+    /// Momentum copies (with `distill`).
+    pub momentum: Option<ClassifierMomentum>,
+    /// Dropout on (off by default).
+    pub train: bool,
+}
+
+impl AlbefNlvr {
+    /// Builds the model on `device` (momentum copies = online weights when `distill`).
+    pub fn new(cfg: &AlbefConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let vs = VarStore::new(device);
+        let r = vs.root();
+        let vit = cfg.vit();
+        let d = cfg.bert.hidden_size;
+        let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
+        let text_encoder = nlvr_text_encoder(&(&r / "text_encoder"), &cfg.bert)?;
+        let cls_head = ClsHead::new(&(&r / "cls_head"), d, 2);
+        let momentum = if cfg.distill {
+            Some(ClassifierMomentum {
+                visual_encoder_m: VisionTransformer::new(&(&r / "visual_encoder_m"), &vit),
+                text_encoder_m: nlvr_text_encoder(&(&r / "text_encoder_m"), &cfg.bert)?,
+                cls_head_m: ClsHead::new(&(&r / "cls_head_m"), d, 2),
+            })
+        } else {
+            None
+        };
+        if momentum.is_some() {
+            init_momentum(&vs, NLVR_PAIRS)?;
+        }
+        Ok(AlbefNlvr {
+            vs,
+            cfg: cfg.clone(),
+            visual_encoder,
+            text_encoder,
+            cls_head,
+            momentum,
+            train: false,
+        })
+    }
+
+    fn logits_of(
+        vit: &VisionTransformer,
+        bert: &AlbefBert,
+        head: &ClsHead,
+        images: &Tensor,
+        ids: &Tensor,
+        mask: &Tensor,
+        train: bool,
+    ) -> (Tensor, Tensor) {
+        let b = ids.size()[0];
+        let image_embeds = vit.forward_t(images, train);
+        let (i0, i1) = (image_embeds.narrow(0, 0, b), image_embeds.narrow(0, b, b));
+        let cross = [
+            CrossInput {
+                states: &i0,
+                mask: None,
+            },
+            CrossInput {
+                states: &i1,
+                mask: None,
+            },
+        ];
+        let h = bert.multimodal(ids, mask, &cross, train);
+        (image_embeds, head.forward(&cls_token(&h)))
+    }
+
+    fn check(images: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<()> {
+        check_image(images, "image")?;
+        check_text(ids, mask, "input_ids")?;
+        if images.size()[0] != 2 * ids.size()[0] {
+            return Err(VlpError::input(
+                "image",
+                format!(
+                    "expected [image0 ; image1] = 2 x {} images, got {}",
+                    ids.size()[0],
+                    images.size()[0]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Evaluation forward (`train=False`): `images` = `[image0 (B) ; image1 (B)]`, text `[B, L]`;
+    /// returns the image embeddings (`[2B, 1+N, D]`) and `[B, 2]` logits.
+    pub fn forward(
+        &self,
+        images: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<ClassifierOutput> {
+        Self::check(images, input_ids, attention_mask)?;
+        let (image_embeds, logits) = Self::logits_of(
+            &self.visual_encoder,
+            &self.text_encoder,
+            &self.cls_head,
+            images,
+            input_ids,
+            attention_mask,
+            self.train,
+        );
+        Ok(ClassifierOutput {
+            image_embeds,
+            logits,
+        })
+    }
+
+    /// Training loss (`train=True`): CE, distilled from the momentum model (after its update)
+    /// when `distill`.
+    pub fn train_loss(
+        &self,
+        images: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        targets: &Tensor,
+        alpha: f64,
+    ) -> Result<Tensor> {
+        let out = self.forward(images, input_ids, attention_mask)?;
+        if targets.size() != [out.logits.size()[0]] {
+            return Err(VlpError::input(
+                "targets",
+                format!("expected [B], got {:?}", targets.size()),
+            ));
+        }
+        let pred_m = match &self.momentum {
+            None => None,
+            Some(m) => Some(tch::no_grad(|| -> Result<Tensor> {
+                momentum_update(&self.vs, NLVR_PAIRS, FINETUNE_MOMENTUM)?;
+                let (_, l) = Self::logits_of(
+                    &m.visual_encoder_m,
+                    &m.text_encoder_m,
+                    &m.cls_head_m,
+                    images,
+                    input_ids,
+                    attention_mask,
+                    self.train,
+                );
+                Ok(l)
+            })?),
+        };
+        Ok(distilled_ce(&out.logits, targets, pred_m.as_ref(), alpha))
+    }
+}
+
+/// `Pretrain_nlvr.py`'s conversion of a pretraining checkpoint: `bert.` removed from the text
+/// keys, and each fusion layer `n >= 6` of the 12-layer encoder replicated into layers
+/// `2(n-6)+6` and `2(n-6)+7` of the 18-layer one.
+fn replicate_pretrain_layers(sd: &mut StateDict) -> Result<()> {
+    let keys: Vec<String> = sd.keys().filter(|k| k.contains("bert.")).cloned().collect();
+    for k in keys {
+        let t = sd.remove(&k).expect("listed");
+        let new = k.replacen("bert.", "", 1);
+        let parts: Vec<&str> = new.split('.').collect();
+        if parts.len() > 3 && parts[1] == "encoder" && parts[2] == "layer" {
+            let n: usize = parts[3].parse().map_err(|_| {
+                VlpError::Msg(format!(
+                    "{k}: layer number `{}` is not an integer",
+                    parts[3]
+                ))
+            })?;
+            if n >= 6 {
+                for l in [2 * (n - 6) + 6, 2 * (n - 6) + 7] {
+                    let mut p = parts.clone();
+                    let ls = l.to_string();
+                    p[3] = &ls;
+                    sd.insert(p.join("."), t.shallow_clone());
+                }
+                continue;
+            }
+        }
+        sd.insert(new, t);
+    }
+    Ok(())
+}
+
+impl VlpModel for AlbefNlvr {
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+    /// `NLVR.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid. The tied
+    /// cross-attention entries (layers (6,7), …, (16,17), key/value weight/bias) must be equal;
+    /// one missing is filled from its partner. A pretraining checkpoint (`text_encoder.bert.*`)
+    /// is converted as `Pretrain_nlvr.py` does (rename, fusion layer `n` → layers `2(n-6)+6` and
+    /// `2(n-6)+7`), dropping the modules this class lacks; `cls_head(_m)` are then missing (load
+    /// with `LoadMode::Partial`, as the official `strict=False`).
+    fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
+        let grid = self.cfg.vit().grid();
+        interpolate_pos_embeds(
+            &mut sd,
+            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
+            grid,
+        )?;
+        if has_pretrain_layout(&sd) {
+            replicate_pretrain_layers(&mut sd)?;
+            drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);
+        }
+        if self.momentum.is_none() {
+            drop_prefixes(
+                &mut sd,
+                &["visual_encoder_m.", "text_encoder_m.", "cls_head_m."],
+            );
+        }
+        let mut pairs = tied_keys("text_encoder.");
+        if self.momentum.is_some() {
+            pairs.extend(tied_keys("text_encoder_m."));
+        }
+        complete_tied(&mut sd, &pairs)?;
+        Ok(sd)
+    }
+    /// Inputs: `image` (`[image0 ; image1]`), `input_ids`, `attention_mask`, optional `targets`
+    /// and `alpha`. Outputs: `image_embeds`, `logits`, and `train_loss` when `targets` are given.
+    fn forward_named(&mut self, inputs: &Tensors, extra: &serde_json::Value) -> Result<Tensors> {
+        let dev = self.vs.device();
+        let image = input_on(inputs, "image", dev)?;
+        let ids = input_on(inputs, "input_ids", dev)?;
+        let mask = input_on(inputs, "attention_mask", dev)?;
+        let alpha = scalar_input(inputs, extra, "alpha", self.cfg.alpha);
+        tch::no_grad(|| {
+            let out = self.forward(&image, &ids, &mask)?;
+            let mut t = Tensors::new();
+            if let Some(targets) = inputs.get("targets") {
+                let loss = self.train_loss(&image, &ids, &mask, &targets.to_device(dev), alpha)?;
+                t.insert("train_loss".into(), loss);
+            }
+            t.insert("image_embeds".into(), out.image_embeds);
+            t.insert("logits".into(), out.logits);
+            Ok(t)
+        })
+    }
+}
