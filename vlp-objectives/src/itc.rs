@@ -116,7 +116,7 @@ impl Itc {
         let hard = match x.targets {
             Some(t) => {
                 expect_shape("targets", t, &size, "[B, N] hard targets")?;
-                t.detach().to_kind(kind)
+                t.detach().to_device(sim_i2t.device()).to_kind(kind)
             }
             None => {
                 if n < b {
@@ -132,7 +132,8 @@ impl Itc {
         };
         let (t_i2t, t_t2i) = match distill {
             Some((i_m, t_m)) => {
-                let soft = |s: &Tensor| s.detach().to_kind(kind).softmax(1, kind);
+                let dev = sim_i2t.device();
+                let soft = |s: &Tensor| s.detach().to_device(dev).to_kind(kind).softmax(1, kind);
                 (
                     soft(i_m) * x.alpha + &hard * (1.0 - x.alpha),
                     soft(t_m) * x.alpha + &hard * (1.0 - x.alpha),

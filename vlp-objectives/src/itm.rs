@@ -284,7 +284,10 @@ impl Itm {
         let mut labels = Itm::labels(size[0] / 3, l.device());
         if let Some(k) = keep {
             expect_shape("keep", k, &[size[0]], "[3B] bool mask")?;
-            labels = labels.masked_fill(&k.to_kind(Kind::Bool).logical_not(), -100);
+            labels = labels.masked_fill(
+                &k.to_device(l.device()).to_kind(Kind::Bool).logical_not(),
+                -100,
+            );
         }
         Ok(l.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0))
     }

@@ -51,6 +51,7 @@ pub fn try_lm_loss(
     }
     let x = as_compute(logits).narrow(1, 0, l - 1).reshape([-1, v]);
     let t = labels
+        .to_device(x.device())
         .to_kind(Kind::Int64)
         .narrow(1, 1, l - 1)
         .reshape([-1]);

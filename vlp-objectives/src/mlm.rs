@@ -178,7 +178,7 @@ impl Mlm {
         let v = size[2];
         let l = as_compute(logits);
         let kind = l.kind();
-        let lab = labels.to_kind(Kind::Int64);
+        let lab = labels.to_device(l.device()).to_kind(Kind::Int64);
         let is_masked = lab.ne(-100);
         let count = is_masked.sum(kind).clamp_min(1.0);
         let ce = l.reshape([-1, v]).cross_entropy_loss::<Tensor>(
@@ -192,7 +192,11 @@ impl Mlm {
             return Ok(ce);
         };
         expect_shape("mlm_logits_m", soft, &size, "[B, L, V] momentum logits")?;
-        let soft = soft.detach().to_kind(kind).softmax(-1, kind);
+        let soft = soft
+            .detach()
+            .to_device(l.device())
+            .to_kind(kind)
+            .softmax(-1, kind);
         let per_token = -(l.log_softmax(-1, kind) * soft).sum_dim_intlist(-1, false, kind);
         let distill = (per_token * is_masked.to_kind(kind)).sum(kind) / &count;
         Ok(ce * (1.0 - alpha) + distill * alpha)

@@ -15,7 +15,8 @@ use vlp_objectives::lm::lm_loss;
 use vlp_objectives::mlm::{Mlm, MlmDraws, MlmMasker};
 use vlp_objectives::momentum::{enqueue_shared, momentum_update};
 
-const TOL: f64 = 1e-4;
+/// Fixture tolerance is 1e-4; the objectives are checked 10x tighter (measured diffs are <= 5e-7).
+const TOL: f64 = 1e-5;
 
 fn scalar(t: &Tensor) -> f64 {
     t.double_value(&[])
