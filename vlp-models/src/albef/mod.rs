@@ -55,6 +55,7 @@ pub use nlvr::AlbefNlvr;
 pub use pretrain::AlbefPretrain;
 pub use retrieval::AlbefRetrieval;
 pub use ve::AlbefVe;
+pub use vqa::AlbefVqa;
 
 /// The registry's variant names.
 pub const VARIANTS: &[&str] = &["pretrain", "retrieval", "vqa", "nlvr2", "ve"];
@@ -737,6 +738,7 @@ pub fn build(
         "pretrain" => Box::new(AlbefPretrain::new(&cfg, device)?),
         "retrieval" => Box::new(AlbefRetrieval::new(&cfg, device)?),
         "nlvr2" => Box::new(AlbefNlvr::new(&cfg, device)?),
+        "vqa" => Box::new(AlbefVqa::new(&cfg, device)?),
         "ve" => Box::new(AlbefVe::new(&cfg, device)?),
         other => {
             return Err(VlpError::Unsupported {
