@@ -72,6 +72,19 @@ pub struct AlbefRetrieval {
     pub train: bool,
 }
 
+/// One retrieval fine-tuning batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RetrievalBatch<'a> {
+    /// `[B, 3, H, W]` normalised images.
+    pub image: &'a Tensor,
+    /// `[B, L]` caption ids.
+    pub input_ids: &'a Tensor,
+    /// `[B, L]` caption mask.
+    pub attention_mask: &'a Tensor,
+    /// `[B]` image ids (captions of one image share it).
+    pub idx: &'a Tensor,
+}
+
 /// Outputs of the fine-tuning forward `model(image, text, alpha, idx)`.
 #[derive(Debug)]
 pub struct RetrievalTrainOutput {
@@ -254,13 +267,16 @@ impl AlbefRetrieval {
     /// negatives (drawn unless `negatives` is given). Updates the queues in place.
     pub fn train_forward(
         &mut self,
-        image: &Tensor,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        idx: &Tensor,
+        batch: &RetrievalBatch,
         alpha: f64,
         negatives: Option<NegativeDraws>,
     ) -> Result<RetrievalTrainOutput> {
+        let RetrievalBatch {
+            image,
+            input_ids,
+            attention_mask,
+            idx,
+        } = *batch;
         let (image_embeds, image_feat) = self.image_features(image)?;
         let (text_embeds, text_feat) = self.text_features(input_ids, attention_mask)?;
         let b = image_embeds.size()[0];
@@ -454,7 +470,13 @@ impl VlpModel for AlbefRetrieval {
                     (Some(i), Some(t)) => Some(NegativeDraws::from_indices(i, t)),
                     _ => None,
                 };
-                let t = self.train_forward(image, &ids, &mask, &idx, alpha, neg)?;
+                let batch = RetrievalBatch {
+                    image,
+                    input_ids: &ids,
+                    attention_mask: &mask,
+                    idx: &idx,
+                };
+                let t = self.train_forward(&batch, alpha, neg)?;
                 for (k, v) in [
                     ("train_loss_ita", t.loss_ita),
                     ("train_loss_itm", t.loss_itm),

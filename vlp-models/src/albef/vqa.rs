@@ -85,6 +85,25 @@ pub struct AlbefVqa {
     pub train: bool,
 }
 
+/// One VQA training batch: `B` images and questions, `N` answers.
+#[derive(Debug, Clone, Copy)]
+pub struct VqaTrainBatch<'a> {
+    /// `[B, 3, H, W]` normalised images.
+    pub image: &'a Tensor,
+    /// `[B, Lq]` question ids.
+    pub question_ids: &'a Tensor,
+    /// `[B, Lq]` question mask.
+    pub question_mask: &'a Tensor,
+    /// `[N, La]` answer ids (`[CLS] answer [SEP]`, padded).
+    pub answer_ids: &'a Tensor,
+    /// `[N, La]` answer mask.
+    pub answer_mask: &'a Tensor,
+    /// `[B]` int64: how many of the `N` answers belong to each question (the official `k`).
+    pub answers_per_question: &'a Tensor,
+    /// `[N]` answer weights.
+    pub weights: &'a Tensor,
+}
+
 /// Outputs of the VQA training forward.
 #[derive(Debug)]
 pub struct VqaTrainOutput {
@@ -185,22 +204,18 @@ impl AlbefVqa {
         answer_ids.masked_fill(&answer_ids.eq(self.tokens.pad), -100)
     }
 
-    /// The training forward `model(image, question, answer, train=True, alpha, k, weights)`:
-    /// `answers_per_question` (`[B]`, the official `k`) says how many of the `N` answers
-    /// (`[N, La]`, `[CLS] answer [SEP]`) belong to each question, `weights` (`[N]`) weighs them.
-    /// With `distill`, the momentum update comes first.
-    #[allow(clippy::too_many_arguments)]
-    pub fn train_forward(
-        &self,
-        image: &Tensor,
-        question_ids: &Tensor,
-        question_mask: &Tensor,
-        answer_ids: &Tensor,
-        answer_mask: &Tensor,
-        answers_per_question: &Tensor,
-        weights: &Tensor,
-        alpha: f64,
-    ) -> Result<VqaTrainOutput> {
+    /// The training forward `model(image, question, answer, train=True, alpha, k, weights)`
+    /// (see [`VqaTrainBatch`]). With `distill`, the momentum update comes first.
+    pub fn train_forward(&self, batch: &VqaTrainBatch, alpha: f64) -> Result<VqaTrainOutput> {
+        let VqaTrainBatch {
+            image,
+            question_ids,
+            question_mask,
+            answer_ids,
+            answer_mask,
+            answers_per_question,
+            weights,
+        } = *batch;
         check_text(answer_ids, answer_mask, "answer_input_ids")?;
         let (image_embeds, question_states) =
             self.encode_question(image, question_ids, question_mask)?;
@@ -448,7 +463,16 @@ impl VlpModel for AlbefVqa {
                 get("answers_per_question"),
             ) {
                 let alpha = scalar_input(inputs, extra, "alpha", self.cfg.alpha);
-                let t = self.train_forward(&image, &qi, &qm, &ai, &am, &k, &w, alpha)?;
+                let batch = VqaTrainBatch {
+                    image: &image,
+                    question_ids: &qi,
+                    question_mask: &qm,
+                    answer_ids: &ai,
+                    answer_mask: &am,
+                    answers_per_question: &k,
+                    weights: &w,
+                };
+                let t = self.train_forward(&batch, alpha)?;
                 out.insert("train_loss".into(), t.loss);
                 out.insert("train_answer_loss".into(), t.answer_loss);
                 out.insert("image_embeds".into(), t.image_embeds);
