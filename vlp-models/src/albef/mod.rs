@@ -34,7 +34,6 @@
 //! and per-key probes work), and the momentum update visits each tensor once.
 use crate::Tensors;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::ops::Range;
 use std::path::Path;
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -695,14 +694,6 @@ pub(crate) fn complete_tied(sd: &mut StateDict, pairs: &[(String, String)]) -> R
         }
     }
     Ok(())
-}
-
-/// Distinct tensors among `ts` (by data pointer): used by tests of the tying.
-pub fn distinct_storages(ts: &[&Tensor]) -> usize {
-    ts.iter()
-        .map(|t| t.data_ptr() as usize)
-        .collect::<HashSet<_>>()
-        .len()
 }
 
 /// The distilled classification loss of the fine-tuning heads (`model_ve.py`, `model_nlvr.py`):
