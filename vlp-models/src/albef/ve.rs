@@ -126,6 +126,16 @@ impl AlbefVe {
     ) -> Result<ClassifierOutput> {
         check_image(image, "image")?;
         check_text(input_ids, attention_mask, "input_ids")?;
+        if image.size()[0] != input_ids.size()[0] {
+            return Err(VlpError::input(
+                "input_ids",
+                format!(
+                    "{} texts for {} images",
+                    input_ids.size()[0],
+                    image.size()[0]
+                ),
+            ));
+        }
         let (image_embeds, logits) = Self::logits_of(
             &self.visual_encoder,
             &self.text_encoder,
