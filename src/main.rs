@@ -36,6 +36,9 @@ enum Cmd {
         /// Directories holding fixture cases (searched recursively for MANIFEST.json).
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
+        /// Ignore KNOWN_DISCREPANCIES.json (every mismatch fails).
+        #[arg(long)]
+        strict: bool,
     },
     /// Build a model, load a checkpoint, run named inputs, write named outputs.
     Forward {
@@ -104,9 +107,9 @@ fn run() -> Result<()> {
     let device = vlp_core::device::parse_device(&cli.device)?;
     match cli.cmd {
         Cmd::Smoke { sentences } => smoke(sentences, device),
-        Cmd::Parity { dirs } => {
+        Cmd::Parity { dirs, strict } => {
             let start = Instant::now();
-            let opts = parity::ParityOptions { device };
+            let opts = parity::ParityOptions { device, strict };
             let s = parity::run_all(&dirs, &opts, |l| println!("{l}"))?;
             println!("{s}");
             eprintln!("parity: {:.1} s", start.elapsed().as_secs_f64());

@@ -54,3 +54,36 @@ fn vlp_parity_fails_on_a_wrong_reference() {
     assert!(stdout.contains("pooler_output") && stdout.contains("FAIL"), "{stdout}");
     assert!(stdout.lines().last().unwrap().ends_with("1 failed, 0 skipped"), "{stdout}");
 }
+
+#[test]
+fn a_listed_known_discrepancy_that_passes_is_a_failure() {
+    // XPASS keeps KNOWN_DISCREPANCIES.json honest: a listed probe that matches fails the run
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("tests/fixtures/bert/minilm_1");
+    let tmp = std::env::temp_dir().join(format!("vlp-parity-xpass-{}", std::process::id()));
+    let case = tmp.join("bert/minilm_1");
+    std::fs::create_dir_all(&case).unwrap();
+    for f in ["MANIFEST.json", "config.json", "inputs.safetensors", "outputs.safetensors"] {
+        std::fs::copy(src.join(f), case.join(f)).unwrap();
+    }
+    std::fs::write(
+        tmp.join("KNOWN_DISCREPANCIES.json"),
+        r#"[{"case": "bert/minilm_1", "probe": "pooler_output", "reason": "test"}]"#,
+    )
+    .unwrap();
+    let run = |strict: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vlp"));
+        c.args(["--device", "cpu", "parity"]).arg(&tmp);
+        if strict {
+            c.arg("--strict");
+        }
+        c.output().unwrap()
+    };
+    let out = run(false);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("pooler_output") && stdout.contains("XPASS"), "{stdout}");
+    let out = run(true);
+    std::fs::remove_dir_all(&tmp).ok();
+    assert!(out.status.success(), "--strict ignores the list");
+}

@@ -363,7 +363,7 @@ mod tests {
         let dh = q.size()[3] as f64;
         let mut s = q.matmul(&k.transpose(-1, -2)) / dh.sqrt();
         if let Some(m) = mask {
-            s = s + m;
+            s += m;
         }
         s.softmax(-1, Kind::Float).matmul(v)
     }

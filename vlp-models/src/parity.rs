@@ -7,6 +7,12 @@
 //! that name; for `momentum_updated.<key>` and `<buffer>_after`, the variable after the forward;
 //! for `<key>_loaded`, the variable as loading left it. A probe none of these yields fails.
 //! A case whose model or variant is not implemented is skipped (its probes are counted skipped).
+//!
+//! Known fixture discrepancies: a root directory may hold `KNOWN_DISCREPANCIES.json`
+//! (`[{"case": "albef/retrieval_1", "probe": "...", "reason": "..."}]`) listing probes whose
+//! recorded value is believed wrong, each with its evidence. Such a probe that fails is printed
+//! `XFAIL` and not counted as a failure; one that passes is printed `XPASS` and counted as a
+//! failure, so the list cannot go stale. `vlp parity --strict` ignores the file.
 use crate::{registry, Tensors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,12 +25,41 @@ use vlp_core::{Result, VlpError};
 pub struct ParityOptions {
     /// Device the models run on (the comparison happens on CPU).
     pub device: Device,
+    /// Ignore `KNOWN_DISCREPANCIES.json` files.
+    pub strict: bool,
 }
 
 impl Default for ParityOptions {
     fn default() -> Self {
-        ParityOptions { device: Device::Cpu }
+        ParityOptions { device: Device::Cpu, strict: false }
     }
+}
+
+/// One entry of `KNOWN_DISCREPANCIES.json`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownDiscrepancy {
+    /// Case name as printed (`<model>/<case>`).
+    pub case: String,
+    /// Probe name.
+    pub probe: String,
+    /// Why the recorded value is believed wrong.
+    pub reason: String,
+}
+
+/// Reads `KNOWN_DISCREPANCIES.json` of each root (absent = none).
+pub fn read_known(roots: &[PathBuf]) -> Result<Vec<KnownDiscrepancy>> {
+    let mut out = vec![];
+    for r in roots {
+        let f = r.join("KNOWN_DISCREPANCIES.json");
+        if f.is_file() {
+            let s = std::fs::read_to_string(&f).map_err(|e| VlpError::io(&f, e))?;
+            let v: Vec<KnownDiscrepancy> =
+                serde_json::from_str(&s).map_err(|e| VlpError::Msg(format!("{}: {e}", f.display())))?;
+            out.extend(v);
+        }
+    }
+    Ok(out)
 }
 
 /// Result of one probe.
@@ -62,10 +97,15 @@ pub struct ParitySummary {
     pub failed: usize,
     /// Probes of skipped cases.
     pub skipped: usize,
+    /// Listed known fixture discrepancies that failed as expected (not counted as failures).
+    pub xfailed: usize,
 }
 
 impl std::fmt::Display for ParitySummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.xfailed > 0 {
+            writeln!(f, "{} known fixture discrepancies (XFAIL)", self.xfailed)?;
+        }
         write!(f, "{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
     }
 }
@@ -255,6 +295,10 @@ fn run_case_inner(dir: &Path, manifest: &serde_json::Value, opts: &ParityOptions
 /// and returns the totals.
 pub fn run_all(roots: &[PathBuf], opts: &ParityOptions, mut line: impl FnMut(&str)) -> Result<ParitySummary> {
     let mut s = ParitySummary::default();
+    let known = if opts.strict { vec![] } else { read_known(roots)? };
+    if !known.is_empty() {
+        line(&format!("({} known fixture discrepancies listed in KNOWN_DISCREPANCIES.json)", known.len()));
+    }
     for dir in find_cases(roots)? {
         let out = run_case(&dir, opts);
         if let Some(why) = &out.skipped {
@@ -264,11 +308,18 @@ pub fn run_all(roots: &[PathBuf], opts: &ParityOptions, mut line: impl FnMut(&st
         }
         for p in &out.probes {
             let d = p.max_abs_diff.map(|d| format!("{d:.3e}")).unwrap_or_else(|| "-".into());
-            let status = if p.ok { "OK" } else { "FAIL" };
-            let note = if p.note.is_empty() { String::new() } else { format!("  ({})", p.note) };
+            let k = known.iter().find(|k| k.case == out.case && k.probe == p.probe);
+            let (status, counts_ok, note) = match (k, p.ok) {
+                (None, true) => ("OK", true, String::new()),
+                (None, false) => ("FAIL", false, format!("  ({})", p.note)),
+                (Some(k), false) => ("XFAIL", true, format!("  (known fixture discrepancy: {})", k.reason)),
+                (Some(_), true) => ("XPASS", false, "  (listed as a known discrepancy but passes: remove it from the list)".into()),
+            };
             line(&format!("{}  {}  {}  {}{}", out.case, p.probe, d, status, note));
-            if p.ok {
+            if counts_ok && p.ok {
                 s.passed += 1;
+            } else if counts_ok {
+                s.xfailed += 1;
             } else {
                 s.failed += 1;
             }
