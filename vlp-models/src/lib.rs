@@ -8,9 +8,11 @@
 //! | module | paper | status |
 //! |---|---|---|
 //! | [`albef`] | ALBEF (Li et al., NeurIPS 2021): pretrain, retrieval, VQA, NLVR2, SNLI-VE | parity with salesforce/ALBEF on tiny fixtures |
+//! | [`blip`] | BLIP (Li et al., ICML 2022): pretrain, retrieval, captioning, VQA, NLVR2 | parity with salesforce/BLIP on tiny fixtures |
 //! | [`bert`] | BERT (Devlin et al. 2019), the text backbone of ALBEF/BLIP/UNITER | encoder + pooler, parity with HF on all-MiniLM-L6-v2 |
 pub mod albef;
 pub mod bert;
+pub mod blip;
 pub mod parity;
 pub mod registry;
 

@@ -40,6 +40,12 @@ static MODELS: &[ModelSpec] = &[
         variants: crate::albef::VARIANTS,
         build: crate::albef::build,
     },
+    ModelSpec {
+        name: "blip",
+        paper: "BLIP (Li et al., ICML 2022) — salesforce/BLIP layout",
+        variants: crate::blip::VARIANTS,
+        build: crate::blip::build,
+    },
 ];
 
 /// Every registered model family.
@@ -48,7 +54,7 @@ pub fn models() -> &'static [ModelSpec] {
 }
 
 /// The model families of the zoo that are planned but not registered yet.
-pub const PLANNED: &[&str] = &["blip", "vlmo", "beit3", "uniter", "vilbert", "ofa"];
+pub const PLANNED: &[&str] = &["vlmo", "beit3", "uniter", "vilbert", "ofa"];
 
 /// Looks a model family up by name.
 pub fn find(name: &str) -> Option<&'static ModelSpec> {
