@@ -68,6 +68,22 @@ pub enum VlpError {
         /// What was asked for.
         what: String,
     },
+    /// A bad record in a data file (annotations, results, answer lists): names the file, the line
+    /// and column where the record (or the bad value) starts, and the field at fault
+    /// (`questions[12].question_id`, `caption`, …).
+    #[error("{path}:{line}:{column}: field `{field}`: {msg}")]
+    Data {
+        /// The data file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in bytes), useful for one-line JSON files.
+        column: usize,
+        /// The field at fault, with the record's position (`[3].caption`), or `<json>`.
+        field: String,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,0 +1,2 @@
+//! Evaluation loops that drive a model.
+pub mod retrieval;
