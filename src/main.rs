@@ -85,6 +85,9 @@ enum Cmd {
     },
     /// List the registered models and their variants.
     Models,
+    /// Metrics of saved predictions (VQA, captioning, retrieval, NLVR2, SNLI-VE), as the official
+    /// evaluation code computes them.
+    Score(vlp_tasks::score::ScoreArgs),
 }
 
 fn wrapper_of(w: &Option<String>) -> Wrapper {
@@ -164,6 +167,7 @@ fn run() -> Result<()> {
             println!("wrote {} tensors ({} values) to {}", sd.len(), params, output.display());
             Ok(())
         }
+        Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {
                 println!("{:<8} variants: {:<20} {}", m.name, m.variants.join(","), m.paper);
