@@ -18,3 +18,4 @@ pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod score;
+pub mod train;
