@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod generation;
 pub mod image;
 pub mod layers;
 pub mod text;
