@@ -3,7 +3,7 @@
 //!
 //! Every reader takes [`ReadOptions`]: the image root that image paths in the annotation files are
 //! relative to, and `skip_bad_samples`. A bad record stops the reader with a
-//! [`VlpError::Data`](vlp_core::VlpError::Data) naming the file, the line and column where the record
+//! `VlpError::Data` naming the file, the line and column where the record
 //! starts and the field (`[12].caption`); with `skip_bad_samples: true` the record is skipped
 //! instead, counted in the [`ReadReport`], and the count is printed to stderr when the file is done.
 //! Nothing is skipped silently. A JSON syntax error is never skipped (nothing after it can be

@@ -17,7 +17,7 @@
 //! The vocabulary of the classifier heads (3,129 answers on VQA v2 train+val) is built as ViLT's
 //! `write_vqa.py` (copied by VLMo and BEiT-3): **one count per question, of its
 //! `multiple_choice_answer`** (the most frequent of the ten annotator answers), normalised with
-//! [`normalize_word`](crate::metrics::vqa::normalize_word), over train then val; answers counted at
+//! `metrics::vqa::normalize_word`, over train then val; answers counted at
 //! least 9 times are kept in first-appearance order. Counting every annotator answer instead is
 //! available as [`VocabCount::EveryAnswer`] (a different vocabulary; not what those models use).
 use super::json::{Record, Source};

@@ -152,21 +152,18 @@ fn tokenize_chunk(chunk: &str, out: &mut Vec<String>) {
         } else if let Some(b) = bracket(c) {
             out.push(b.into());
             s = rest;
-        } else if c == '`' {
+        } else if c == '`' || (c == '\'' && !rest.is_empty() && !is_contraction_token(s)) {
+            // An opening single quote.
             out.push("`".into());
             s = rest;
-        } else if c == '\'' && !rest.is_empty() && !is_contraction_token(s) {
-            out.push("`".into());
-            s = rest;
-        } else if (c == '$' || (c == '#' && rest.starts_with(|n: char| n.is_ascii_digit())))
-            && !rest.is_empty()
+        } else if !rest.is_empty()
+            && (c == '$'
+                || (c == '#' && rest.starts_with(|n: char| n.is_ascii_digit()))
+                || matches!(c, '-' | ',' | ';' | ':'))
         {
             out.push(c.to_string());
             s = rest;
-        } else if (c == '-' || c == ',' || c == ';' || c == ':') && !rest.is_empty() {
-            out.push(c.to_string());
-            s = rest;
-        } else if (c == '!' || c == '?') && rest.trim_start_matches(['!', '?']).len() > 0 {
+        } else if (c == '!' || c == '?') && !rest.trim_start_matches(['!', '?']).is_empty() {
             let run = s.len() - s.trim_start_matches(['!', '?']).len();
             out.push(s[..run].to_string());
             s = &s[run..];
@@ -176,8 +173,7 @@ fn tokenize_chunk(chunk: &str, out: &mut Vec<String>) {
     }
     // Trailing punctuation, collected in reverse.
     let mut tail: Vec<String> = Vec::new();
-    loop {
-        let Some(c) = s.chars().last() else { break };
+    while let Some(c) = s.chars().last() {
         let head = &s[..s.len() - c.len_utf8()];
         if head.is_empty() {
             // A single character: a token of its own.
@@ -299,8 +295,8 @@ pub fn bleu(pairs: &[(String, Vec<String>)]) -> [f64; 4] {
             .unwrap_or(0);
         testlen += tl;
         reflen += rl;
-        for k in 0..N {
-            guess[k] += (tl + 1).saturating_sub(k + 1);
+        for (k, g) in guess.iter_mut().enumerate() {
+            *g += (tl + 1).saturating_sub(k + 1);
         }
         for (g, c) in counts {
             correct[g.len() - 1] += c.min(maxcounts.get(&g).copied().unwrap_or(0));
