@@ -13,6 +13,13 @@ use vlp_tasks::train::{
     Trainer,
 };
 
+/// torch's generator is process-global and every trainer re-seeds it per step: tests that draw
+/// random numbers run one at a time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vlp-train-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -37,6 +44,7 @@ const NAMES: [&str; 5] = [
 
 #[test]
 fn adamw_matches_torch_fixture() {
+    let _serial = serial();
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/train/adamw_case.safetensors");
     let sd = read_state_dict(&path, &ReadOptions::default()).unwrap();
@@ -137,6 +145,7 @@ fn adamw_matches_torch_fixture() {
 
 #[test]
 fn param_groups_freeze_and_pattern_errors() {
+    let _serial = serial();
     let vs = nn::VarStore::new(Device::Cpu);
     let root = vs.root();
     let _a = nn::linear(&root / "text_encoder" / "layer", 3, 3, Default::default());
@@ -152,6 +161,9 @@ fn param_groups_freeze_and_pattern_errors() {
         3,
         Default::default(),
     );
+    // A tied weight: one tensor under two paths (as `new_sharing_kv` registers it).
+    let dec = nn::linear(&root / "dec", 3, 3, Default::default());
+    let _ = (&root / "tied").add("weight", dec.ws.shallow_clone(), false);
     let cfg = OptimizerConfig {
         freeze: vec!["visual.*".into()],
         lr_mult: BTreeMap::from([("vqa_head".to_string(), 10.0)]),
@@ -167,6 +179,12 @@ fn param_groups_freeze_and_pattern_errors() {
     assert_eq!(info["text_encoder.LayerNorm.weight"], (0.0, 1.0));
     assert_eq!(info["vqa_head.weight"], (0.02, 10.0));
     assert_eq!(info["vqa_head.bias"], (0.0, 10.0));
+    let dec_w = opt.params().find(|p| p.name == "dec.weight").unwrap();
+    assert_eq!(dec_w.aliases, ["tied.weight"]);
+    assert!(
+        opt.params().all(|p| p.name != "tied.weight"),
+        "tied weight listed twice"
+    );
     assert_eq!(
         opt.frozen(),
         ["visual.blocks.0.mlp.bias", "visual.blocks.0.mlp.weight"]
@@ -194,6 +212,7 @@ fn param_groups_freeze_and_pattern_errors() {
 
 #[test]
 fn clip_grad_norm_semantics() {
+    let _serial = serial();
     // Norm of (3, 4, 12) = 13.
     let mut g = vec![
         Some(Tensor::from_slice(&[3.0f32, 4.0])),
@@ -278,6 +297,7 @@ fn base_config(yaml: &str) -> TrainConfig {
 
 #[test]
 fn accumulation_equals_big_batch() {
+    let _serial = serial();
     let data = linear_data(24, 3);
     let run = |accum: usize, bs: i64, name: &str| {
         let cfg = base_config(&format!(
@@ -348,6 +368,7 @@ impl Trainable for TwoLayer {
 
 #[test]
 fn frozen_parameters_get_no_grad_and_no_update() {
+    let _serial = serial();
     tch::manual_seed(5);
     let vs = nn::VarStore::new(Device::Cpu);
     let enc = nn::linear(vs.root() / "enc", 4, 4, Default::default());
@@ -414,6 +435,7 @@ impl Trainable for Flaky {
 
 #[test]
 fn non_finite_loss_names_step_terms_and_checkpoint() {
+    let _serial = serial();
     let dir = tmp("nan");
     let cfg = base_config("name: nan\nmax_steps: 10\nckpt_every: 2\nlog_every: 1\n");
     let mut model = Flaky {
@@ -456,6 +478,7 @@ fn non_finite_loss_names_step_terms_and_checkpoint() {
 
 #[test]
 fn fp16_scaler_on_cpu_skips_bad_steps_and_is_exact_otherwise() {
+    let _serial = serial();
     let run = |precision: &str, bad_at: u64, name: &str| {
         let cfg = base_config(&format!(
             "name: {name}\nmax_steps: 5\nckpt_every: 0\nlog_every: 1\nprecision: {precision}\nscaler: {{on_cpu: true, growth_interval: 3}}\n"
@@ -613,6 +636,7 @@ fn key(r: &StepRecord) -> Key {
 
 #[test]
 fn kill_and_resume_reproduces_the_uninterrupted_run_exactly() {
+    let _serial = serial();
     let evaluator = |m: &mut Noisy, ctx: &EvalContext| -> vlp_core::Result<BTreeMap<String, f64>> {
         let (x, y) = linear_data(6, 100);
         let out = m.l2.forward(&m.l1.forward(&x).relu());
@@ -717,6 +741,7 @@ fn kill_and_resume_reproduces_the_uninterrupted_run_exactly() {
 
 #[test]
 fn checkpoints_are_atomic_and_latest_errors_are_clear() {
+    let _serial = serial();
     let dir = tmp("ckpt");
     let cfg = base_config("name: ckpt\nmax_steps: 7\nckpt_every: 2\nkeep_checkpoints: 2\n");
     let mut model = LinearModel::new(3);
@@ -810,6 +835,7 @@ fn checkpoints_are_atomic_and_latest_errors_are_clear() {
 
 #[test]
 fn run_directory_contents() {
+    let _serial = serial();
     let dir = tmp("rundir");
     let yaml = "name: rundir\nepochs: 3\nlog_every: 2\nckpt_every: 0\nplot_every: 2\neval_every: 3\nschedule: {per: epoch, kind: linear}\noptimizer: {lr: 0.001}\n";
     let cfg = base_config(yaml);
@@ -878,6 +904,7 @@ fn run_directory_contents() {
 
 #[test]
 fn config_defaults_errors_and_docs_example() {
+    let _serial = serial();
     let c = TrainConfig::from_yaml("max_steps: 10\n").unwrap();
     assert_eq!(c.grad_accum, 1);
     assert_eq!(c.seed, 42);
@@ -919,4 +946,76 @@ fn config_defaults_errors_and_docs_example() {
         n += 1;
     }
     assert!(n >= 3, "expected yaml examples in docs/training.md");
+}
+
+// ------------------------------------------------------------------------------------------------
+// CUDA (skipped without a GPU).
+// ------------------------------------------------------------------------------------------------
+
+#[test]
+fn cuda_autocast_and_fp16_training() {
+    let _serial = serial();
+    if !tch::Cuda::is_available() {
+        eprintln!("skipped: no CUDA device");
+        return;
+    }
+    use vlp_tasks::train::{amp::autocast, amp::cuda_autocast_dtype, Precision};
+    let dev = Device::Cuda(0);
+    let a = Tensor::randn([8, 8], (Kind::Float, dev));
+    assert_eq!(
+        autocast(Precision::Bf16, dev, || a.matmul(&a)).kind(),
+        Kind::BFloat16
+    );
+    assert_eq!(
+        autocast(Precision::Fp16, dev, || a.matmul(&a)).kind(),
+        Kind::Half
+    );
+    assert_eq!(
+        autocast(Precision::Fp32, dev, || a.matmul(&a)).kind(),
+        Kind::Float
+    );
+    assert_eq!(a.matmul(&a).kind(), Kind::Float, "autocast left on");
+    assert_eq!(
+        cuda_autocast_dtype(),
+        Some(Kind::Half),
+        "dtype not restored"
+    );
+
+    for precision in ["bf16", "fp16"] {
+        let cfg = base_config(&format!(
+            "name: cuda-{precision}\nmax_steps: 6\nckpt_every: 3\nlog_every: 1\nprecision: {precision}\nclip_grad_norm: 1.0\n"
+        ));
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(dev);
+        let lin = nn::linear(vs.root() / "lin", 4, 2, Default::default());
+        let mut model = LinearModel { vs, lin };
+        let (x, y) = linear_data(16, 1);
+        let batches = chunks(&(x.to_device(dev), y.to_device(dev)), 4);
+        let dir = tmp(&format!("cuda-{precision}"));
+        let out = Trainer::new(cfg, Some(dir.clone()))
+            .unwrap()
+            .fit(&mut model, &mut InMemorySource::new(batches, 4), None)
+            .unwrap();
+        assert_eq!(out.step, 6);
+        assert!(out.history.iter().all(|r| r.loss.is_finite()));
+        assert_eq!(out.history[0].scale.is_some(), precision == "fp16");
+        assert!(out.history.last().unwrap().loss < out.history[0].loss);
+        let mut t = Trainer::resume(&dir, &["max_steps=8"]).unwrap();
+        assert_eq!(
+            t.fit(
+                &mut model,
+                &mut InMemorySource::new(
+                    chunks(&linear_data(16, 1), 4)
+                        .into_iter()
+                        .map(|(x, y)| (x.to_device(dev), y.to_device(dev)))
+                        .collect(),
+                    4
+                ),
+                None
+            )
+            .unwrap()
+            .step,
+            8
+        );
+    }
 }

@@ -145,8 +145,10 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 /// What the optimizer does with one parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamInfo {
-    /// The parameter's path in the `VarStore`.
+    /// The parameter's path in the `VarStore` (the first, for tied weights).
     pub name: String,
+    /// Other paths of the same tensor (tied weights), updated once under `name`.
+    pub aliases: Vec<String>,
     /// Its shape.
     pub shape: Vec<i64>,
     /// Learning-rate multiplier (1 unless an `lr_mult` pattern matched).
@@ -195,7 +197,9 @@ impl AdamW {
         Self::from_named(named, cfg)
     }
 
-    /// An optimizer over the given parameters, in the given order (see [`AdamW::new`]).
+    /// An optimizer over the given parameters, in the given order (see [`AdamW::new`]). Paths
+    /// of one tensor (tied weights) make one parameter; a pattern matching any of its paths
+    /// applies to it.
     pub fn from_named(params: Vec<(String, Tensor)>, cfg: &OptimizerConfig) -> Result<Self> {
         cfg.validate()?;
         let mut used_freeze = vec![false; cfg.freeze.len()];
@@ -203,6 +207,10 @@ impl AdamW {
             cfg.lr_mult.keys().map(|k| (k.as_str(), false)).collect();
         let mut slots = Vec::new();
         let mut frozen = Vec::new();
+        // Tied weights (one tensor registered under several paths) are one parameter, as in
+        // torch's `parameters()`: the first path is its name, the others its aliases.
+        let mut groups: Vec<(Vec<String>, Tensor)> = Vec::new();
+        let mut by_ptr: std::collections::HashMap<usize, usize> = Default::default();
         for (name, param) in params {
             if !matches!(
                 param.kind(),
@@ -213,21 +221,34 @@ impl AdamW {
                     param.kind()
                 )));
             }
+            let key = (param.numel() > 0).then(|| param.data_ptr() as usize);
+            match key.and_then(|k| by_ptr.get(&k)) {
+                Some(&i) if groups[i].1.size() == param.size() => groups[i].0.push(name),
+                _ => {
+                    if let Some(k) = key {
+                        by_ptr.insert(k, groups.len());
+                    }
+                    groups.push((vec![name], param));
+                }
+            }
+        }
+        for (names, param) in groups {
+            let name = names[0].clone();
             let mut freeze = false;
             for (i, p) in cfg.freeze.iter().enumerate() {
-                if pattern_matches(p, &name) {
+                if names.iter().any(|n| pattern_matches(p, n)) {
                     used_freeze[i] = true;
                     freeze = true;
                 }
             }
             if freeze {
                 let _ = param.set_requires_grad(false);
-                frozen.push(name);
+                frozen.extend(names);
                 continue;
             }
             let mut mult = None;
             for (p, m) in &cfg.lr_mult {
-                if pattern_matches(p, &name) {
+                if names.iter().any(|n| pattern_matches(p, n)) {
                     used_mult.insert(p.as_str(), true);
                     if let Some((q, _)) = mult {
                         return Err(VlpError::Msg(format!(
@@ -239,10 +260,14 @@ impl AdamW {
             }
             let shape = param.size();
             let no_decay = (cfg.no_decay_1d && shape.len() <= 1)
-                || cfg.no_decay.iter().any(|p| pattern_matches(p, &name));
+                || cfg
+                    .no_decay
+                    .iter()
+                    .any(|p| names.iter().any(|n| pattern_matches(p, n)));
             slots.push(Slot {
                 info: ParamInfo {
                     name,
+                    aliases: names[1..].to_vec(),
                     shape,
                     lr_mult: mult.map_or(1.0, |m| m.1),
                     weight_decay: if no_decay { 0.0 } else { cfg.weight_decay },

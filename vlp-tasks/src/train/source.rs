@@ -188,6 +188,86 @@ impl<B: BatchClone> DataSource for InMemorySource<B> {
     }
 }
 
+/// A [`DataLoader`](crate::data::loader::DataLoader) as a [`DataSource`]: epochs from
+/// `DataLoader::epoch`, positions from `Batches::position` / `DataLoader::resume` (the loader's
+/// shuffle and augmentation draw from `(seed, epoch, index)`, so a resumed loader yields the same
+/// batches).
+pub struct LoaderSource<D: crate::data::loader::Dataset, B> {
+    loader: crate::data::loader::DataLoader<D, B>,
+    batches: Option<crate::data::loader::Batches<B>>,
+    samples: Box<dyn Fn(&B) -> usize>,
+}
+
+impl<D: crate::data::loader::Dataset, B> std::fmt::Debug for LoaderSource<D, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoaderSource")
+            .field("loader", &self.loader)
+            .field("started", &self.batches.is_some())
+            .finish()
+    }
+}
+
+impl<D: crate::data::loader::Dataset, B: Send + 'static> LoaderSource<D, B> {
+    /// Wraps `loader`; `samples` counts the samples of a batch.
+    pub fn new(
+        loader: crate::data::loader::DataLoader<D, B>,
+        samples: impl Fn(&B) -> usize + 'static,
+    ) -> Self {
+        Self {
+            loader,
+            batches: None,
+            samples: Box::new(samples),
+        }
+    }
+
+    /// The wrapped loader.
+    pub fn loader(&self) -> &crate::data::loader::DataLoader<D, B> {
+        &self.loader
+    }
+}
+
+impl<D: crate::data::loader::Dataset, B: Send + 'static> DataSource for LoaderSource<D, B> {
+    type Batch = B;
+
+    fn start_epoch(&mut self, epoch: u64) -> Result<()> {
+        self.batches = Some(self.loader.epoch(epoch));
+        Ok(())
+    }
+
+    fn next_batch(&mut self, _group: Option<&str>) -> Result<Option<B>> {
+        match &mut self.batches {
+            Some(b) => b.next().transpose(),
+            None => Err(VlpError::Msg(
+                "loader source: next_batch before start_epoch/resume".into(),
+            )),
+        }
+    }
+
+    fn samples_in(&self, batch: &B) -> usize {
+        (self.samples)(batch)
+    }
+
+    fn batches_per_epoch(&self) -> Option<u64> {
+        Some(self.loader.num_batches() as u64)
+    }
+
+    fn position(&self) -> serde_json::Value {
+        let p = self
+            .batches
+            .as_ref()
+            .map(|b| b.position())
+            .unwrap_or_default();
+        serde_json::to_value(p).expect("plain struct")
+    }
+
+    fn resume(&mut self, position: &serde_json::Value) -> Result<()> {
+        let p: crate::data::loader::Position = serde_json::from_value(position.clone())
+            .map_err(|e| VlpError::Msg(format!("loader source: bad position {position}: {e}")))?;
+        self.batches = Some(self.loader.resume(p));
+        Ok(())
+    }
+}
+
 /// One source per objective group, each cycled endlessly (its own epochs restart when it runs
 /// out), as UNITER's meta-loader: `next_batch(Some(group))` reads that group's source, and never
 /// returns `None`, so a run over it stops by `max_steps`.
@@ -297,6 +377,42 @@ mod tests {
         let mut sorted = e2.clone();
         sorted.sort();
         assert_eq!(sorted, (0..6).collect::<Vec<_>>());
+    }
+
+    struct Numbers(usize);
+    impl crate::data::loader::Dataset for Numbers {
+        type Sample = (usize, u32);
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn get(&self, index: usize, rng: &mut StdRng) -> Result<(usize, u32)> {
+            Ok((index, rand::Rng::gen(rng)))
+        }
+    }
+
+    #[test]
+    fn loader_source_resumes_mid_epoch() {
+        use crate::data::loader::{DataLoader, LoaderConfig};
+        let mk = || {
+            let mut cfg = LoaderConfig::new(3);
+            cfg.seed = 4;
+            let loader = DataLoader::new(Numbers(10), Ok, cfg).unwrap();
+            LoaderSource::new(loader, |b: &Vec<(usize, u32)>| b.len())
+        };
+        let mut a = mk();
+        assert_eq!(a.batches_per_epoch(), Some(4));
+        assert!(a.next_batch(None).is_err());
+        a.start_epoch(2).unwrap();
+        let first = a.next_batch(None).unwrap().unwrap();
+        assert_eq!(a.samples_in(&first), 3);
+        let pos = a.position();
+        let rest: Vec<_> = std::iter::from_fn(|| a.next_batch(None).unwrap()).collect();
+        assert_eq!(rest.len(), 3);
+        let mut b = mk();
+        b.resume(&pos).unwrap();
+        let rest_b: Vec<_> = std::iter::from_fn(|| b.next_batch(None).unwrap()).collect();
+        assert_eq!(rest, rest_b);
+        assert_eq!(a.position(), serde_json::json!({"epoch": 3, "batch": 0}));
     }
 
     #[test]
