@@ -278,6 +278,12 @@ fn answer_vocabulary_counts_multiple_choice_answers() {
         ["yes", "2", "3", "red", "umbrella", "kite", "no", "1"]
     );
     assert_eq!(v.index("umbrella"), Some(4));
+    // Questions with no answer in the vocabulary are dropped for training (as write_vqa.py).
+    let mut kept = q.clone();
+    let small = AnswerVocab::from_answers(vec!["yes".into(), "kite".into()]);
+    assert_eq!(vqa::retain_labelled(&mut kept, &small), 3);
+    let ids: Vec<u64> = kept.iter().map(|q| q.question_id.unwrap()).collect();
+    assert_eq!(ids, vec![262148000, 393225001, 458752000]);
     // ALBEF files have no multiple_choice_answer.
     let albef = vqa::read_albef(&data("vqa/vqa_train.json"), &ReadOptions::new(""), None)
         .unwrap()

@@ -88,18 +88,10 @@ impl Source {
         }
     }
 
-    /// Whether the first non-blank character is `[` or `{` followed by a JSON-lines layout: a file
-    /// whose first line holds one complete JSON object and which has more non-blank lines.
+    /// Whether the file is JSON lines rather than one JSON array: its first non-blank character
+    /// is not `[`.
     pub fn looks_like_json_lines(&self) -> bool {
-        let mut lines = self.text.lines().filter(|l| !l.trim().is_empty());
-        match lines.next() {
-            Some(first) => {
-                first.trim_start().starts_with('{')
-                    && serde_json::from_str::<Value>(first).is_ok()
-                    && lines.next().is_some()
-            }
-            None => false,
-        }
+        !self.text.trim_start().starts_with('[')
     }
 
     /// Checks the whole text is one JSON value; a syntax error names its line and column.
@@ -519,5 +511,7 @@ mod tests {
         let one = Source::from_text(Path::new("y.json"), "[{\"a\": 1}]".into());
         assert!(!one.looks_like_json_lines());
         assert_eq!(one.records().unwrap().len(), 1);
+        let single = Source::from_text(Path::new("z.jsonl"), "{\"a\": 1}\n".into());
+        assert_eq!(single.records().unwrap().len(), 1);
     }
 }

@@ -440,6 +440,14 @@ impl AnswerVocab {
     }
 }
 
+/// Drops the questions none of whose answers is in `vocab` (ViLT's `write_vqa.py` drops them from
+/// train and val); returns how many were dropped.
+pub fn retain_labelled(questions: &mut Vec<VqaQuestion>, vocab: &AnswerVocab) -> usize {
+    let before = questions.len();
+    questions.retain(|q| q.answers.iter().any(|a| vocab.index(a).is_some()));
+    before - questions.len()
+}
+
 /// A VQA training/evaluation sample.
 #[derive(Debug)]
 pub struct VqaSample {
