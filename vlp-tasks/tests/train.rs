@@ -504,6 +504,11 @@ fn fp16_scaler_on_cpu_skips_bad_steps_and_is_exact_otherwise() {
     }
     assert_eq!(max_abs_diff(&wa, &wb), 0.0);
     assert_eq!(b.history[0].scale, Some(65536.0));
+    let log = std::fs::read_to_string(b.run_dir.join("train.log")).unwrap();
+    assert!(
+        log.contains("autocast is CUDA-only") && log.contains("with loss scaling"),
+        "{log}"
+    );
     assert_eq!(
         b.history[2].scale,
         Some(131072.0),
