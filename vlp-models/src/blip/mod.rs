@@ -10,10 +10,13 @@
 //! | variant | official class | Rust type |
 //! |---|---|---|
 //! | `pretrain` | `models/blip_pretrain.py:BLIP_Pretrain` | [`pretrain::BlipPretrain`] |
-//! | `retrieval` | `models/blip_retrieval.py:BLIP_Retrieval` + `models/blip_itm.py:BLIP_ITM` + `train_retrieval.py:evaluation` | [`retrieval::BlipRetrieval`] |
+//! | `retrieval` | `models/blip_retrieval.py:BLIP_Retrieval` + `train_retrieval.py:evaluation` (+ the `BLIP_ITM` heads) | [`retrieval::BlipRetrieval`] |
+//! | `itm` | `models/blip_itm.py:BLIP_ITM` | [`retrieval::BlipItm`] |
 //! | `captioning` | `models/blip.py:BLIP_Decoder` (forward + beam-search `generate`) | [`caption::BlipDecoder`] |
 //! | `vqa` | `models/blip_vqa.py:BLIP_VQA` (train loss, `rank_answer`, generate) | [`vqa::BlipVqa`] |
 //! | `nlvr2` | `models/blip_nlvr.py:BLIP_NLVR` + `models/nlvr_encoder.py` | [`nlvr::BlipNlvr`] |
+//! | `hf_retrieval` | HF `BlipForImageTextRetrieval` (`Salesforce/blip-itm-*`) | [`hf::HfBlipRetrieval`] |
+//! | `hf_captioning` | HF `BlipForConditionalGeneration` (`Salesforce/blip-image-captioning-*`) | [`hf::HfBlipCaptioning`] |
 //!
 //! Building blocks: the ViT of `models/vit.py` ([`VisionTransformer`](vlp_core::layers::vit::VisionTransformer)), the MED text transformer
 //! of `models/med.py` ([`MedBert`]: BERT without token-type embeddings, cross-attention in every
@@ -49,6 +52,7 @@ use vlp_core::layers::{layer_norm, linear, Activation};
 use vlp_core::{Result, VlpError};
 
 pub mod caption;
+pub mod hf;
 pub mod nlvr;
 pub mod pretrain;
 pub mod retrieval;
@@ -57,11 +61,20 @@ pub mod vqa;
 pub use caption::BlipDecoder;
 pub use nlvr::BlipNlvr;
 pub use pretrain::BlipPretrain;
-pub use retrieval::BlipRetrieval;
+pub use retrieval::{BlipItm, BlipRetrieval};
 pub use vqa::BlipVqa;
 
 /// The registry's variant names.
-pub const VARIANTS: &[&str] = &["pretrain", "retrieval", "captioning", "vqa", "nlvr2"];
+pub const VARIANTS: &[&str] = &[
+    "pretrain",
+    "retrieval",
+    "itm",
+    "captioning",
+    "vqa",
+    "nlvr2",
+    "hf_retrieval",
+    "hf_captioning",
+];
 
 /// The vocabulary of `med_config.json`: bert-base-uncased (30522) + `[DEC]` + `[ENC]`.
 pub const MED_VOCAB_SIZE: i64 = 30524;
@@ -108,6 +121,9 @@ pub struct BlipConfig {
     pub repetition_penalty: f64,
     /// Nucleus-sampling `top_p`.
     pub top_p: f64,
+    /// Label smoothing of every LM loss (`med.py` hard-codes 0.1; HF's `text_config` defaults to
+    /// 0.0).
+    pub label_smoothing: f64,
     /// VQA inference mode (`rank` or `generate`).
     pub inference: Option<String>,
     /// `len(tokenizer)` when it is not the default (pretraining resizes the text embeddings to
@@ -191,6 +207,7 @@ impl Default for BlipConfig {
             min_length: 5,
             repetition_penalty: 1.0,
             top_p: 0.9,
+            label_smoothing: LM_LABEL_SMOOTHING,
             inference: None,
             tokenizer_len: None,
             special_tokens: None,
@@ -283,7 +300,8 @@ impl BlipConfig {
     /// class's (`create_vit(..., drop_path_rate)`: 0.1 for VQA/NLVR2's online ViT) unless
     /// `vision.drop_path_rate` is set; `momentum` = the momentum copy (`create_vit(vit, size)`).
     pub fn vit_for(&self, variant: &str, momentum: bool) -> VitConfig {
-        let class_dpr = if !momentum && matches!(variant, "vqa" | "nlvr2") {
+        let class_dpr = if self.vit == "large" || (!momentum && matches!(variant, "vqa" | "nlvr2"))
+        {
             0.1
         } else {
             0.0
@@ -694,10 +712,24 @@ pub fn build(
     config: &serde_json::Value,
     device: Device,
 ) -> Result<Box<dyn crate::VlpModel>> {
+    match variant {
+        "hf_retrieval" => {
+            return Ok(Box::new(hf::HfBlipRetrieval::from_hf_config(
+                config, device,
+            )?))
+        }
+        "hf_captioning" => {
+            return Ok(Box::new(hf::HfBlipCaptioning::from_hf_config(
+                config, device,
+            )?))
+        }
+        _ => {}
+    }
     let cfg = BlipConfig::from_json(config)?;
     Ok(match variant {
         "pretrain" => Box::new(BlipPretrain::new(&cfg, device)?),
         "retrieval" => Box::new(BlipRetrieval::new(&cfg, device)?),
+        "itm" => Box::new(BlipItm::new(&cfg, device)?),
         "captioning" => Box::new(BlipDecoder::new(&cfg, device)?),
         "vqa" => Box::new(BlipVqa::new(&cfg, device)?),
         "nlvr2" => Box::new(BlipNlvr::new(&cfg, device)?),

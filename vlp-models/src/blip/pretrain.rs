@@ -21,7 +21,7 @@
 //! `*_m.*`, and the buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
 use super::{
     lm_targets, opt_input, register_alias, with_first_token, AttnBlock, BlipConfig, BlipTokens,
-    Ffn, MedBert, LM_LABEL_SMOOTHING,
+    Ffn, MedBert,
 };
 use crate::albef::pretrain::{itm_loss, random_queue, PRETRAIN_PAIRS};
 use crate::albef::{
@@ -422,7 +422,7 @@ impl BlipPretrain {
         let decoder_logits =
             self.text_decoder
                 .logits(&self.text_encoder, &dec_ids, mask, &image_embeds, train);
-        let loss_lm = try_lm_loss(&decoder_logits, &targets, LM_LABEL_SMOOTHING, false)?;
+        let loss_lm = try_lm_loss(&decoder_logits, &targets, self.cfg.label_smoothing, false)?;
 
         Ok(PretrainOutput {
             loss_ita,

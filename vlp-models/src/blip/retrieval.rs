@@ -39,12 +39,11 @@ use vlp_objectives::momentum::enqueue_shared;
 /// The online/momentum module pairs of `blip_retrieval.py` (same as pretraining).
 pub const RETRIEVAL_PAIRS: MomentumPairs = PRETRAIN_PAIRS;
 
-/// `models/blip_retrieval.py:BLIP_Retrieval` (which also serves `BLIP_ITM`, a subset of it).
+/// The inference modules of `models/blip_itm.py:BLIP_ITM`, which are also the online half of
+/// `BLIP_Retrieval`: ViT, text encoder, ITC projections and the ITM head, with the inference entry
+/// points (features, ITM/ITC heads, the evaluation rule).
 #[derive(Debug)]
-pub struct BlipRetrieval {
-    vs: VarStore,
-    /// The configuration.
-    pub cfg: BlipConfig,
+pub struct ItmHeads {
     /// Special tokens (`[ENC]`).
     pub tokens: BlipTokens,
     /// `visual_encoder.*`.
@@ -57,6 +56,29 @@ pub struct BlipRetrieval {
     pub text_proj: nn::Linear,
     /// `itm_head.*`.
     pub itm_head: nn::Linear,
+    /// Dropout on (off by default).
+    pub train: bool,
+}
+
+/// `models/blip_itm.py:BLIP_ITM` (registry variant `itm`): [`ItmHeads`] in their own `VarStore`.
+#[derive(Debug)]
+pub struct BlipItm {
+    vs: VarStore,
+    /// The configuration.
+    pub cfg: BlipConfig,
+    /// The modules (also reachable through `Deref`).
+    pub heads: ItmHeads,
+}
+
+/// `models/blip_retrieval.py:BLIP_Retrieval`: [`ItmHeads`] (reachable through `Deref`) plus
+/// `temp`, the momentum copies and the queues.
+#[derive(Debug)]
+pub struct BlipRetrieval {
+    vs: VarStore,
+    /// The configuration.
+    pub cfg: BlipConfig,
+    /// The online modules.
+    pub heads: ItmHeads,
     /// `temp` (clamped to [0.001, 0.5] by the training forward).
     pub temp: Tensor,
     /// `visual_encoder_m.*`.
@@ -75,8 +97,32 @@ pub struct BlipRetrieval {
     pub idx_queue: Tensor,
     /// `ptr_queue` `[1]` int64, shared by the three queues.
     pub ptr_queue: Tensor,
-    /// Dropout on (off by default).
-    pub train: bool,
+}
+
+impl std::ops::Deref for BlipRetrieval {
+    type Target = ItmHeads;
+    fn deref(&self) -> &ItmHeads {
+        &self.heads
+    }
+}
+
+impl std::ops::DerefMut for BlipRetrieval {
+    fn deref_mut(&mut self) -> &mut ItmHeads {
+        &mut self.heads
+    }
+}
+
+impl std::ops::Deref for BlipItm {
+    type Target = ItmHeads;
+    fn deref(&self) -> &ItmHeads {
+        &self.heads
+    }
+}
+
+impl std::ops::DerefMut for BlipItm {
+    fn deref_mut(&mut self) -> &mut ItmHeads {
+        &mut self.heads
+    }
 }
 
 /// One retrieval fine-tuning batch.
@@ -124,59 +170,20 @@ pub struct RetrievalScores {
     pub t2i: Tensor,
 }
 
-impl BlipRetrieval {
-    /// Builds the model on `device` (momentum copies = online weights, queues random unit columns,
-    /// `idx_queue` -100, pointer 0, `temp` 0.07).
-    pub fn new(cfg: &BlipConfig, device: Device) -> Result<Self> {
-        cfg.validate()?;
-        let vs = VarStore::new(device);
-        let r = vs.root();
-        let vit = cfg.vit_for("retrieval", false);
-        let vit_m = cfg.vit_for("retrieval", true);
+impl ItmHeads {
+    /// Builds the modules under `r` (the root) for `variant`'s ViT.
+    pub fn new(r: &nn::Path, cfg: &BlipConfig, variant: &str) -> Result<Self> {
+        let vit = cfg.vit_for(variant, false);
         let dv = vit.embed_dim;
         let med = cfg.med_for(Some(dv), cfg.text_vocab(false));
-        let (dt, e, q) = (med.hidden_size, cfg.embed_dim, cfg.queue_size);
-        let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
-        let text_encoder = MedBert::new(&(&r / "text_encoder"), &med)?;
-        let vision_proj = linear(&r / "vision_proj", dv, e);
-        let text_proj = linear(&r / "text_proj", dt, e);
-        let itm_head = linear(&r / "itm_head", dt, 2);
-        let visual_encoder_m = VisionTransformer::new(&(&r / "visual_encoder_m"), &vit_m);
-        let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
-        let text_encoder_m = MedBert::new(&(&r / "text_encoder_m"), &med)?;
-        let text_proj_m = linear(&r / "text_proj_m", dt, e);
-        let image_queue = r.add("image_queue", random_queue(e, q, device), false);
-        let text_queue = r.add("text_queue", random_queue(e, q, device), false);
-        let idx_queue = r.add(
-            "idx_queue",
-            Tensor::full([1, q], -100, (Kind::Int64, device)),
-            false,
-        );
-        let ptr_queue = r.add(
-            "ptr_queue",
-            Tensor::zeros([1], (Kind::Int64, device)),
-            false,
-        );
-        let temp = r.var("temp", &[], nn::Init::Const(0.07));
-        init_momentum(&vs, RETRIEVAL_PAIRS)?;
-        Ok(BlipRetrieval {
+        let (dt, e) = (med.hidden_size, cfg.embed_dim);
+        Ok(ItmHeads {
             tokens: cfg.tokens(false),
-            vs,
-            cfg: cfg.clone(),
-            visual_encoder,
-            text_encoder,
-            vision_proj,
-            text_proj,
-            itm_head,
-            temp,
-            visual_encoder_m,
-            vision_proj_m,
-            text_encoder_m,
-            text_proj_m,
-            image_queue,
-            text_queue,
-            idx_queue,
-            ptr_queue,
+            visual_encoder: VisionTransformer::new(&(r / "visual_encoder"), &vit),
+            text_encoder: MedBert::new(&(r / "text_encoder"), &med)?,
+            vision_proj: linear(r / "vision_proj", dv, e),
+            text_proj: linear(r / "text_proj", dt, e),
+            itm_head: linear(r / "itm_head", dt, 2),
             train: false,
         })
     }
@@ -293,6 +300,67 @@ impl BlipRetrieval {
             let _ = t2i.get(t).index_copy_(0, &top, &score.to_kind(Kind::Float));
         }
         Ok(RetrievalScores { sims, i2t, t2i })
+    }
+}
+
+impl BlipItm {
+    /// Builds `BLIP_ITM` on `device`.
+    pub fn new(cfg: &BlipConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let vs = VarStore::new(device);
+        let heads = ItmHeads::new(&vs.root(), cfg, "retrieval")?;
+        Ok(BlipItm {
+            vs,
+            cfg: cfg.clone(),
+            heads,
+        })
+    }
+}
+
+impl BlipRetrieval {
+    /// Builds the model on `device` (momentum copies = online weights, queues random unit columns,
+    /// `idx_queue` -100, pointer 0, `temp` 0.07).
+    pub fn new(cfg: &BlipConfig, device: Device) -> Result<Self> {
+        cfg.validate()?;
+        let vs = VarStore::new(device);
+        let r = vs.root();
+        let heads = ItmHeads::new(&r, cfg, "retrieval")?;
+        let vit_m = cfg.vit_for("retrieval", true);
+        let dv = vit_m.embed_dim;
+        let med = heads.text_encoder.cfg.clone();
+        let (dt, e, q) = (med.hidden_size, cfg.embed_dim, cfg.queue_size);
+        let visual_encoder_m = VisionTransformer::new(&(&r / "visual_encoder_m"), &vit_m);
+        let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
+        let text_encoder_m = MedBert::new(&(&r / "text_encoder_m"), &med)?;
+        let text_proj_m = linear(&r / "text_proj_m", dt, e);
+        let image_queue = r.add("image_queue", random_queue(e, q, device), false);
+        let text_queue = r.add("text_queue", random_queue(e, q, device), false);
+        let idx_queue = r.add(
+            "idx_queue",
+            Tensor::full([1, q], -100, (Kind::Int64, device)),
+            false,
+        );
+        let ptr_queue = r.add(
+            "ptr_queue",
+            Tensor::zeros([1], (Kind::Int64, device)),
+            false,
+        );
+        let temp = r.var("temp", &[], nn::Init::Const(0.07));
+        init_momentum(&vs, RETRIEVAL_PAIRS)?;
+        Ok(BlipRetrieval {
+            vs,
+            cfg: cfg.clone(),
+            heads,
+            temp,
+            visual_encoder_m,
+            vision_proj_m,
+            text_encoder_m,
+            text_proj_m,
+            image_queue,
+            text_queue,
+            idx_queue,
+            ptr_queue,
+        })
     }
 
     /// The fine-tuning forward `model(image, caption, alpha, idx)`: `temp` clamp, momentum update
@@ -432,6 +500,114 @@ pub(crate) fn fill_from_model(vs: &VarStore, sd: &mut StateDict, keys: &[&str]) 
     n
 }
 
+impl ItmHeads {
+    /// The inference probes of [`VlpModel::forward_named`] (see [`BlipRetrieval`]'s): features,
+    /// `itm_logits_cls`, `itc_sim`, `itm_logits_enc_pairs` and the gallery evaluation.
+    pub fn forward_named_inference(
+        &self,
+        inputs: &Tensors,
+        extra: &serde_json::Value,
+        k_default: Option<i64>,
+    ) -> Result<Tensors> {
+        let dev = self.visual_encoder_device();
+        let get = |n: &str| opt_input(inputs, n, dev);
+        let mut out = Tensors::new();
+        tch::no_grad(|| -> Result<()> {
+            if let (Some(image), Some(ids), Some(mask)) =
+                (get("image"), get("input_ids"), get("attention_mask"))
+            {
+                let (image_embeds, image_feat) = self.image_features(&image)?;
+                let (text_embeds, text_feat) = self.text_features(&ids, &mask)?;
+                out.insert("itc_sim".into(), image_feat.matmul(&text_feat.tr()));
+                if ids.size()[0] == image.size()[0] {
+                    out.insert(
+                        "itm_logits_cls".into(),
+                        self.itm_logits(&ids, &mask, &image_embeds)?,
+                    );
+                }
+                if let (Some(pi), Some(pt)) = (get("itm_pair_image_idx"), get("itm_pair_text_idx"))
+                {
+                    let enc = get("itm_enc_input_ids")
+                        .unwrap_or_else(|| with_first_token(&ids, self.tokens.enc));
+                    let logits = self.itm_logits(
+                        &enc.index_select(0, &pt),
+                        &mask.index_select(0, &pt),
+                        &image_embeds.index_select(0, &pi),
+                    )?;
+                    out.insert("itm_logits_enc_pairs".into(), logits);
+                }
+                out.insert("image_embeds".into(), image_embeds);
+                out.insert("text_embeds".into(), text_embeds);
+                out.insert("image_feat".into(), image_feat);
+                out.insert("text_feat".into(), text_feat);
+            }
+            if let (Some(gi), Some(gids), Some(gmask)) = (
+                get("gallery_images"),
+                get("gallery_input_ids"),
+                get("gallery_attention_mask"),
+            ) {
+                let k = inputs
+                    .get("k_test")
+                    .map(|t| t.int64_value(&[]))
+                    .or_else(|| extra.get("k_test").and_then(|v| v.as_i64()))
+                    .or(k_default)
+                    .ok_or_else(|| {
+                        VlpError::input("k_test", "not given by the inputs, MANIFEST or config")
+                    })?;
+                let s = self.evaluate(&gi, &gids, &gmask, k)?;
+                out.insert("gallery_sims_matrix".into(), s.sims);
+                out.insert("score_matrix_i2t".into(), s.i2t);
+                out.insert("score_matrix_t2i".into(), s.t2i);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn visual_encoder_device(&self) -> Device {
+        self.vision_proj.ws.device()
+    }
+}
+
+/// Keys of `BLIP_Retrieval` / pretraining checkpoints that `BLIP_ITM` does not have (ignored by
+/// the official `strict=False` load).
+pub const NOT_IN_ITM_PREFIXES: &[&str] = &[
+    "visual_encoder_m.",
+    "vision_proj_m.",
+    "text_encoder_m.",
+    "text_proj_m.",
+    "text_decoder.",
+    "image_queue",
+    "text_queue",
+    "idx_queue",
+    "ptr_queue",
+    "queue_ptr",
+    "temp",
+];
+
+impl VlpModel for BlipItm {
+    fn var_store(&self) -> &VarStore {
+        &self.vs
+    }
+    fn var_store_mut(&mut self) -> &mut VarStore {
+        &mut self.vs
+    }
+    /// `blip_itm(pretrained=...)` through `blip.py:load_checkpoint`: `visual_encoder.pos_embed`
+    /// interpolated; the momentum copies, queues, `temp` and a pretraining decoder (keys the class
+    /// lacks, ignored by the official `strict=False` load) dropped.
+    fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
+        let grid = self.visual_encoder.cfg.grid();
+        interpolate_pos_embeds(&mut sd, &["visual_encoder.pos_embed"], grid)?;
+        sd.retain(|k, _| !NOT_IN_ITM_PREFIXES.iter().any(|p| k.starts_with(p)));
+        Ok(sd)
+    }
+    /// The inference inputs/outputs of [`BlipRetrieval`]'s `forward_named`.
+    fn forward_named(&mut self, inputs: &Tensors, extra: &serde_json::Value) -> Result<Tensors> {
+        self.heads
+            .forward_named_inference(inputs, extra, self.cfg.k_test)
+    }
+}
+
 impl VlpModel for BlipRetrieval {
     fn var_store(&self) -> &VarStore {
         &self.vs
@@ -469,90 +645,42 @@ impl VlpModel for BlipRetrieval {
     fn forward_named(&mut self, inputs: &Tensors, extra: &serde_json::Value) -> Result<Tensors> {
         let dev = self.vs.device();
         let get = |n: &str| opt_input(inputs, n, dev);
-        let mut out = Tensors::new();
-        tch::no_grad(|| -> Result<()> {
-            let image = get("image");
-            if let (Some(image), Some(ids), Some(mask)) =
-                (&image, get("input_ids"), get("attention_mask"))
-            {
-                let (image_embeds, image_feat) = self.image_features(image)?;
-                let (text_embeds, text_feat) = self.text_features(&ids, &mask)?;
-                out.insert("itc_sim".into(), image_feat.matmul(&text_feat.tr()));
-                if ids.size()[0] == image.size()[0] {
-                    out.insert(
-                        "itm_logits_cls".into(),
-                        self.itm_logits(&ids, &mask, &image_embeds)?,
-                    );
-                }
-                if let (Some(pi), Some(pt)) = (get("itm_pair_image_idx"), get("itm_pair_text_idx"))
-                {
-                    let enc = get("itm_enc_input_ids")
-                        .unwrap_or_else(|| with_first_token(&ids, self.tokens.enc));
-                    let logits = self.itm_logits(
-                        &enc.index_select(0, &pt),
-                        &mask.index_select(0, &pt),
-                        &image_embeds.index_select(0, &pi),
-                    )?;
-                    out.insert("itm_logits_enc_pairs".into(), logits);
-                }
-                out.insert("image_embeds".into(), image_embeds);
-                out.insert("text_embeds".into(), text_embeds);
-                out.insert("image_feat".into(), image_feat);
-                out.insert("text_feat".into(), text_feat);
-            }
-            if let (Some(gi), Some(gids), Some(gmask)) = (
-                get("gallery_images"),
-                get("gallery_input_ids"),
-                get("gallery_attention_mask"),
+        let mut out = self
+            .heads
+            .forward_named_inference(inputs, extra, self.cfg.k_test)?;
+        if let (Some(image), Some(ids), Some(mask), Some(idx)) = (
+            get("image"),
+            get("train_input_ids"),
+            get("train_attention_mask"),
+            get("train_idx"),
+        ) {
+            let alpha = scalar_input(inputs, extra, "alpha", self.cfg.alpha);
+            let neg = match (
+                get("train_itm_neg_image_idx"),
+                get("train_itm_neg_text_idx"),
             ) {
-                let k = inputs
-                    .get("k_test")
-                    .map(|t| t.int64_value(&[]))
-                    .or_else(|| extra.get("k_test").and_then(|v| v.as_i64()))
-                    .or(self.cfg.k_test)
-                    .ok_or_else(|| {
-                        VlpError::input("k_test", "not given by the inputs, MANIFEST or config")
-                    })?;
-                let s = self.evaluate(&gi, &gids, &gmask, k)?;
-                out.insert("gallery_sims_matrix".into(), s.sims);
-                out.insert("score_matrix_i2t".into(), s.i2t);
-                out.insert("score_matrix_t2i".into(), s.t2i);
+                (Some(i), Some(t)) => Some(NegativeDraws::from_indices(i, t)),
+                _ => None,
+            };
+            let batch = RetrievalBatch {
+                image: &image,
+                input_ids: &ids,
+                attention_mask: &mask,
+                idx: &idx,
+            };
+            let t = tch::no_grad(|| self.train_forward(&batch, alpha, neg))?;
+            for (k, v) in [
+                ("train_loss_ita", t.loss_ita),
+                ("train_loss_itm", t.loss_itm),
+                ("train_itm_logits", t.itm_logits),
+                ("train_itm_weights_t2i", t.itm_weights_t2i),
+                ("train_itm_weights_i2t", t.itm_weights_i2t),
+                ("train_image_feat_m", t.image_feat_m),
+                ("train_text_feat_m", t.text_feat_m),
+            ] {
+                out.insert(k.into(), v);
             }
-            if let (Some(image), Some(ids), Some(mask), Some(idx)) = (
-                &image,
-                get("train_input_ids"),
-                get("train_attention_mask"),
-                get("train_idx"),
-            ) {
-                let alpha = scalar_input(inputs, extra, "alpha", self.cfg.alpha);
-                let neg = match (
-                    get("train_itm_neg_image_idx"),
-                    get("train_itm_neg_text_idx"),
-                ) {
-                    (Some(i), Some(t)) => Some(NegativeDraws::from_indices(i, t)),
-                    _ => None,
-                };
-                let batch = RetrievalBatch {
-                    image,
-                    input_ids: &ids,
-                    attention_mask: &mask,
-                    idx: &idx,
-                };
-                let t = self.train_forward(&batch, alpha, neg)?;
-                for (k, v) in [
-                    ("train_loss_ita", t.loss_ita),
-                    ("train_loss_itm", t.loss_itm),
-                    ("train_itm_logits", t.itm_logits),
-                    ("train_itm_weights_t2i", t.itm_weights_t2i),
-                    ("train_itm_weights_i2t", t.itm_weights_i2t),
-                    ("train_image_feat_m", t.image_feat_m),
-                    ("train_text_feat_m", t.text_feat_m),
-                ] {
-                    out.insert(k.into(), v);
-                }
-            }
-            Ok(())
-        })?;
+        }
         Ok(out)
     }
 }
