@@ -6,6 +6,7 @@
 //! - `vlp forward`: builds a named model, loads a checkpoint, runs named inputs, writes outputs.
 //! - `vlp convert IN OUT`: any supported checkpoint → safetensors, with a report.
 //! - `vlp models`: the registered models and variants.
+//! - `vlp shapes generate --out DIR`: writes the built-in Shapes benchmark (docs/shapes.md).
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -88,6 +89,11 @@ enum Cmd {
     /// Metrics of saved predictions (VQA, captioning, retrieval, NLVR2, SNLI-VE), as the official
     /// evaluation code computes them.
     Score(vlp_tasks::score::ScoreArgs),
+    /// Shapes: the built-in synthetic vision-language benchmark (`vlp shapes generate --out DIR`).
+    Shapes {
+        #[command(subcommand)]
+        cmd: vlp_tasks::shapes::cli::ShapesCommand,
+    },
 }
 
 fn wrapper_of(w: &Option<String>) -> Wrapper {
@@ -167,6 +173,7 @@ fn run() -> Result<()> {
             println!("wrote {} tensors ({} values) to {}", sd.len(), params, output.display());
             Ok(())
         }
+        Cmd::Shapes { cmd } => Ok(vlp_tasks::shapes::cli::run(&cmd)?),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {

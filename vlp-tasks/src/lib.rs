@@ -18,4 +18,5 @@ pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod score;
+pub mod shapes;
 pub mod train;
