@@ -164,8 +164,8 @@ fn score_vqa(questions: &Path, annotations: &Path, results: &Path) -> Result<Sco
     let qsrc = Source::read(questions)?;
     let (qitems, _) = qsrc.array_under("questions")?;
     let mut qids = HashSet::new();
-    for r in &qitems {
-        qids.insert(r.uint("question_id")?);
+    for r in qitems {
+        qids.insert(r?.uint("question_id")?);
     }
     let annotated: HashSet<u64> = anns.iter().map(|a| a.question_id).collect();
     if let Some(q) = annotated.iter().find(|q| !qids.contains(q)) {
@@ -179,6 +179,7 @@ fn score_vqa(questions: &Path, annotations: &Path, results: &Path) -> Result<Sco
     let mut res: HashMap<u64, String> = HashMap::new();
     let mut dups = 0;
     for r in rsrc.top_array()? {
+        let r = r?;
         let qid = r.uint("question_id")?;
         let answer = match r.req("answer")? {
             Value::String(s) => s.clone(),
@@ -234,8 +235,9 @@ fn score_caption(references: &Path, results: &Path) -> Result<Scores> {
     let src = Source::read(references)?;
     let (anns, _) = src.array_under("annotations")?;
     let mut refs: HashMap<String, Vec<String>> = HashMap::new();
-    for r in &anns {
-        let key = image_key(r)?;
+    for r in anns {
+        let r = r?;
+        let key = image_key(&r)?;
         let caption = match r.req("caption")? {
             Value::String(s) => s.clone(),
             v => return Err(r.err("caption", format!("expected a string, found {}", kind(v)))),
@@ -246,6 +248,7 @@ fn score_caption(references: &Path, results: &Path) -> Result<Scores> {
     let mut pairs = Vec::new();
     let mut seen = HashSet::new();
     for r in rsrc.top_array()? {
+        let r = r?;
         let key = image_key(&r)?;
         let caption = match r.req("caption")? {
             Value::String(s) => s.clone(),
@@ -411,6 +414,7 @@ fn read_predictions(path: &Path, id_keys: &[&str]) -> Result<Vec<(Key, Value, Vl
     let mut out = Vec::new();
     if first == Some('[') {
         for r in src.top_array()? {
+            let r = r?;
             let mut key = None;
             for k in id_keys {
                 if let Some(v) = r.opt_string(k)? {

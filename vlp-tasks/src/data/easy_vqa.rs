@@ -126,8 +126,8 @@ pub fn read_questions(
 ) -> Result<Loaded<EasyVqaQuestion>> {
     let src = Source::read(path)?;
     let mut out = Collector::new(path, opts);
-    for r in src.top_array()? {
-        out.push((|| {
+    for rec in src.top_array()? {
+        out.push(rec.and_then(|r| {
             let items = match &r.value {
                 Value::Array(a) if a.len() == 3 => a,
                 v => {
@@ -180,7 +180,7 @@ pub fn read_questions(
                 image_id,
                 image: opts.image_path(&format!("{image_id}.png")),
             })
-        })())?;
+        }))?;
     }
     Ok(out.finish())
 }

@@ -106,8 +106,8 @@ impl Source {
         Ok(())
     }
 
-    /// The elements of the top-level array.
-    pub fn top_array(&self) -> Result<Vec<Record<'_>>> {
+    /// The elements of the top-level array, parsed one at a time as they are iterated.
+    pub fn top_array(&self) -> Result<Records<'_>> {
         self.validate_json()?;
         let b = self.text.as_bytes();
         let start = skip_ws(b, 0);
@@ -119,10 +119,7 @@ impl Source {
 
     /// The elements of the array under `key` of the top-level object, plus that object's other
     /// top-level string members (e.g. `data_subtype`).
-    pub fn array_under(
-        &self,
-        key: &str,
-    ) -> Result<(Vec<Record<'_>>, serde_json::Map<String, Value>)> {
+    pub fn array_under(&self, key: &str) -> Result<(Records<'_>, serde_json::Map<String, Value>)> {
         self.validate_json()?;
         let b = self.text.as_bytes();
         let start = skip_ws(b, 0);
@@ -152,64 +149,101 @@ impl Source {
         Ok((self.parse_items(vs, key)?, others))
     }
 
-    fn parse_items(&self, start: usize, prefix: &str) -> Result<Vec<Record<'_>>> {
-        let b = self.text.as_bytes();
-        array_items(b, start)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (s, e))| {
-                let value: Value = serde_json::from_str(&self.text[s..e])
-                    .map_err(|err| self.error(s, format!("{prefix}[{i}]"), err.to_string()))?;
-                Ok(Record {
-                    src: self,
-                    offset: s,
-                    prefix: format!("{prefix}[{i}]"),
-                    value,
-                })
-            })
-            .collect()
+    fn parse_items(&self, start: usize, prefix: &str) -> Result<Records<'_>> {
+        let spans = array_items(self.text.as_bytes(), start);
+        let prefix = prefix.to_string();
+        Ok(Records {
+            len: spans.len(),
+            inner: Box::new(spans.into_iter().enumerate().map(move |(i, (s, e))| {
+                let field = format!("{prefix}[{i}]");
+                match serde_json::from_str::<Value>(&self.text[s..e]) {
+                    Ok(value) => Ok(Record {
+                        src: self,
+                        offset: s,
+                        prefix: field,
+                        value,
+                    }),
+                    Err(err) => Err(self.error(s, field, err.to_string())),
+                }
+            })),
+        })
     }
 
     /// The records of a JSON-lines file: one per non-blank line; a line that is not JSON is an
     /// `Err` in its place (so that it can be skipped).
-    pub fn json_lines(&self) -> Vec<Result<Record<'_>>> {
-        let mut out = Vec::new();
-        for (i, &ls) in self.line_starts.iter().enumerate() {
-            let le = self
-                .line_starts
-                .get(i + 1)
-                .map(|e| e - 1)
-                .unwrap_or(self.text.len());
-            let line = &self.text[ls..le];
-            if line.trim().is_empty() {
-                continue;
-            }
-            out.push(match serde_json::from_str::<Value>(line) {
-                Ok(value) => Ok(Record {
-                    src: self,
-                    offset: ls,
-                    prefix: String::new(),
-                    value,
-                }),
-                Err(e) => Err(VlpError::Data {
-                    path: self.path.clone(),
-                    line: i + 1,
-                    column: e.column(),
-                    field: "<json>".into(),
-                    msg: e.to_string(),
-                }),
-            });
+    pub fn json_lines(&self) -> Records<'_> {
+        let lines: Vec<(usize, usize, usize)> = (0..self.line_starts.len())
+            .filter_map(|i| {
+                let ls = self.line_starts[i];
+                let le = self
+                    .line_starts
+                    .get(i + 1)
+                    .map(|e| e - 1)
+                    .unwrap_or(self.text.len());
+                (!self.text[ls..le].trim().is_empty()).then_some((i, ls, le))
+            })
+            .collect();
+        Records {
+            len: lines.len(),
+            inner: Box::new(lines.into_iter().map(move |(i, ls, le)| {
+                match serde_json::from_str::<Value>(&self.text[ls..le]) {
+                    Ok(value) => Ok(Record {
+                        src: self,
+                        offset: ls,
+                        prefix: String::new(),
+                        value,
+                    }),
+                    Err(e) => Err(VlpError::Data {
+                        path: self.path.clone(),
+                        line: i + 1,
+                        column: e.column(),
+                        field: "<json>".into(),
+                        msg: e.to_string(),
+                    }),
+                }
+            })),
         }
-        out
     }
 
     /// The records of a file that is either one JSON array or JSON lines (detected from the text).
-    pub fn records(&self) -> Result<Vec<Result<Record<'_>>>> {
+    pub fn records(&self) -> Result<Records<'_>> {
         if self.looks_like_json_lines() {
             Ok(self.json_lines())
         } else {
-            Ok(self.top_array()?.into_iter().map(Ok).collect())
+            self.top_array()
         }
+    }
+}
+
+/// The records of a data file, parsed one at a time (large annotation files are not held as
+/// JSON values all at once).
+pub struct Records<'a> {
+    len: usize,
+    inner: Box<dyn Iterator<Item = Result<Record<'a>>> + 'a>,
+}
+
+impl std::fmt::Debug for Records<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Records").field("len", &self.len).finish()
+    }
+}
+
+impl Records<'_> {
+    /// Number of records (parsed or not yet).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Result<Record<'a>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner.next()
     }
 }
 
@@ -475,6 +509,7 @@ mod tests {
         let text = "{\"info\": {\"a\": [1, 2]}, \"data_subtype\": \"val2014\",\n \"questions\": [\n  {\"q\": \"a \\\"]\"},\n  {\"q\": [1, {\"x\": \"}\"}]}\n ]}";
         let src = Source::from_text(Path::new("t.json"), text.to_string());
         let (items, others) = src.array_under("questions").unwrap();
+        let items: Vec<Record<'_>> = items.map(|r| r.unwrap()).collect();
         assert_eq!(items.len(), 2);
         assert_eq!(others["data_subtype"], "val2014");
         assert_eq!(src.position(items[0].offset), (3, 3));
@@ -501,7 +536,7 @@ mod tests {
             "{\"a\": 1}\n\n{\"a\": 2\n{\"a\": 3}\n".into(),
         );
         assert!(src.looks_like_json_lines());
-        let recs = src.records().unwrap();
+        let recs: Vec<_> = src.records().unwrap().collect();
         assert_eq!(recs.len(), 3);
         assert!(recs[1]
             .as_ref()

@@ -154,8 +154,8 @@ pub fn read_official_annotations(path: &Path, opts: &ReadOptions) -> Result<Load
     let src = Source::read(path)?;
     let (items, _) = src.array_under("annotations")?;
     let mut out = Collector::new(path, opts);
-    for r in &items {
-        out.push(parse_annotation(r))?;
+    for r in items {
+        out.push(r.and_then(|r| parse_annotation(&r)))?;
     }
     Ok(out.finish())
 }
@@ -201,8 +201,8 @@ pub fn read_official(
         ann_report = Some(loaded.report);
     }
     let mut out = Collector::new(questions, opts);
-    for r in &items {
-        out.push((|| {
+    for rec in items {
+        out.push(rec.and_then(|r| {
             let question_id = r.uint("question_id")?;
             let image_id = r.uint("image_id")?;
             let question = r.string("question")?;
@@ -244,7 +244,7 @@ pub fn read_official(
                 q.answer_type = Some(a.answer_type);
             }
             Ok(q)
-        })())?;
+        }))?;
     }
     if let (Some(map), Some(a)) = (anns, annotations) {
         if let Some(qid) = map.keys().min() {
@@ -323,13 +323,14 @@ pub fn read_answer_list(path: &Path) -> Result<Vec<String>> {
     if first == Some('[') {
         let items = src.top_array()?;
         items
-            .iter()
-            .map(|r| match &r.value {
-                Value::String(s) => Ok(s.clone()),
-                v => Err(r.err(
-                    "",
-                    format!("expected an answer string, found {}", super::json::kind(v)),
-                )),
+            .map(|r| {
+                r.and_then(|r| match &r.value {
+                    Value::String(s) => Ok(s.clone()),
+                    v => Err(r.err(
+                        "",
+                        format!("expected an answer string, found {}", super::json::kind(v)),
+                    )),
+                })
             })
             .collect()
     } else {
