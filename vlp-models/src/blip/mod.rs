@@ -266,6 +266,12 @@ impl BlipConfig {
         if self.queue_size < 1 {
             return bad("queue_size", format!("{} < 1", self.queue_size));
         }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            return bad(
+                "label_smoothing",
+                format!("{} outside [0, 1]", self.label_smoothing),
+            );
+        }
         if let Some(t) = &self.special_tokens {
             let v = self.text_vocab(false);
             for (n, id) in [
