@@ -581,3 +581,25 @@ fn hf_checkpoint_loads_into_the_original_layout_and_back() {
     let mapped = vars.keys().filter_map(|k| original_key_to_hf(k)).count();
     assert_eq!(mapped, n);
 }
+
+#[test]
+fn a_pretraining_checkpoint_loads_into_vqa_and_captioning() {
+    // model_base.pth-style: the fine-tuning classes keep the ViT, encoder and/or decoder
+    let mut j = config_json("pretrain_1");
+    j["med"]["vocab_size"] = 66.into();
+    let j = serde_json::json!({"med": j["med"], "vision": j["vision"]});
+    let cfg = BlipConfig::from_json(&j).unwrap();
+    let sd = checkpoint("pretrain_1");
+    let dec_q = sd
+        .get("text_decoder.bert.encoder.layer.0.attention.self.query.weight")
+        .unwrap()
+        .copy();
+    let mut v = BlipVqa::new(&cfg, Device::Cpu).unwrap();
+    load(&mut v, checkpoint("pretrain_1"));
+    let vars = v.var_store().variables();
+    assert!(vars["text_decoder.bert.encoder.layer.0.attention.self.query.weight"].equal(&dec_q));
+    let mut c = BlipDecoder::new(&cfg, Device::Cpu).unwrap();
+    load(&mut c, sd);
+    let vars = c.var_store().variables();
+    assert!(vars["text_decoder.bert.encoder.layer.0.attention.self.query.weight"].equal(&dec_q));
+}

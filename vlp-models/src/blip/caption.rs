@@ -416,11 +416,15 @@ impl VlpModel for BlipDecoder {
     fn var_store_mut(&mut self) -> &mut VarStore {
         &mut self.vs
     }
-    /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; the LM head's tied entries a
+    /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; keys outside `visual_encoder.`
+    /// and `text_decoder.` (a pretraining checkpoint's encoder, momentum copies, queues, ...)
+    /// dropped, as the official `strict=False` load ignores them; the LM head's tied entries a
     /// checkpoint omits are filled from their partners (present ones must be equal).
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.visual_encoder.cfg.grid();
         interpolate_pos_embeds(&mut sd, &["visual_encoder.pos_embed"], grid)?;
+        // a pretraining checkpoint: everything but the ViT and the decoder is not in this class
+        sd.retain(|k, _| k.starts_with("visual_encoder.") || k.starts_with("text_decoder."));
         complete_tied(&mut sd, &mlm_tied_pairs("text_decoder."))?;
         Ok(sd)
     }

@@ -281,11 +281,20 @@ impl VlpModel for BlipVqa {
     fn var_store_mut(&mut self) -> &mut VarStore {
         &mut self.vs
     }
-    /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; the LM head's tied entries a
-    /// checkpoint omits are filled from their partners (present ones must be equal).
+    /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; keys outside `visual_encoder.`,
+    /// `text_encoder.`, `text_decoder.` (a pretraining checkpoint's ITC/ITM modules, momentum
+    /// copies, queues) dropped; the LM head's tied entries a checkpoint omits are filled from their
+    /// partners (present ones must be equal).
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.visual_encoder.cfg.grid();
         interpolate_pos_embeds(&mut sd, &["visual_encoder.pos_embed"], grid)?;
+        // a pretraining checkpoint (model_base.pth): its ITC/ITM modules, momentum copies and
+        // queues are not in this class (ignored by the official `strict=False` load)
+        sd.retain(|k, _| {
+            ["visual_encoder.", "text_encoder.", "text_decoder."]
+                .iter()
+                .any(|p| k.starts_with(p))
+        });
         complete_tied(&mut sd, &mlm_tied_pairs("text_decoder."))?;
         Ok(sd)
     }
