@@ -47,12 +47,18 @@ pub struct KnownDiscrepancy {
     pub reason: String,
 }
 
-/// Reads `KNOWN_DISCREPANCIES.json` of each root (absent = none).
+/// Reads the `KNOWN_DISCREPANCIES.json` found in each root or in one of its ancestors (so that
+/// `vlp parity tests/fixtures/albef` sees `tests/fixtures/KNOWN_DISCREPANCIES.json`); each file
+/// is read once.
 pub fn read_known(roots: &[PathBuf]) -> Result<Vec<KnownDiscrepancy>> {
     let mut out = vec![];
+    let mut seen = std::collections::BTreeSet::new();
     for r in roots {
-        let f = r.join("KNOWN_DISCREPANCIES.json");
-        if f.is_file() {
+        let abs = std::fs::canonicalize(r).unwrap_or_else(|_| r.clone());
+        let Some(f) = abs.ancestors().map(|a| a.join("KNOWN_DISCREPANCIES.json")).find(|f| f.is_file()) else {
+            continue;
+        };
+        if seen.insert(f.clone()) {
             let s = std::fs::read_to_string(&f).map_err(|e| VlpError::io(&f, e))?;
             let v: Vec<KnownDiscrepancy> =
                 serde_json::from_str(&s).map_err(|e| VlpError::Msg(format!("{}: {e}", f.display())))?;
