@@ -217,3 +217,100 @@ pub fn try_clip_loss(logits_per_image: &Tensor) -> Result<Tensor> {
     let ce = |x: &Tensor| x.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
     Ok((ce(&l) + ce(&l.tr())) / 2.0)
 }
+
+/// The inputs of one ITC-with-queue step ([`itc_with_queue`]), the ALBEF/BLIP
+/// `model_pretrain.py` / `model_retrieval.py` / `blip_pretrain.py` / `blip_retrieval.py` block
+/// between the momentum features and the ITM part. `B` = batch, `E` = embed dim, `Q` = queue size.
+#[derive(Debug)]
+pub struct ItcQueueInputs<'a> {
+    /// `[B, E]` normalised online image features (carry the gradient).
+    pub image_feat: &'a Tensor,
+    /// `[B, E]` normalised online text features.
+    pub text_feat: &'a Tensor,
+    /// `[B, E]` normalised momentum image features (computed after the momentum update).
+    pub image_feat_m: &'a Tensor,
+    /// `[B, E]` normalised momentum text features.
+    pub text_feat_m: &'a Tensor,
+    /// `[E, Q]` image feature queue (buffer, updated in place by the enqueue).
+    pub image_queue: &'a Tensor,
+    /// `[E, Q]` text feature queue (buffer, updated in place).
+    pub text_queue: &'a Tensor,
+    /// Retrieval fine-tuning: `[B]` image ids of the batch and the `[1, Q]` id queue; the targets
+    /// are then [`multi_positive_targets`] over `[idx ; idx_queue]` and the ids are enqueued with
+    /// the features. `None` (pretraining) = [`diagonal_targets`].
+    pub idx: Option<(&'a Tensor, &'a Tensor)>,
+    /// `[1]` int64 pointer shared by the queues (`queue_ptr` / BLIP retrieval's `ptr_queue`).
+    pub queue_ptr: &'a Tensor,
+    /// Scalar temperature; every similarity is divided by it.
+    pub temp: &'a Tensor,
+    /// Distillation weight of [`ItcInputs::alpha`].
+    pub alpha: f64,
+    /// Whether the momentum similarities are used as soft targets (ALBEF retrieval's `distill`;
+    /// pretraining and BLIP: always). The momentum similarities are returned either way.
+    pub distill: bool,
+}
+
+/// What [`itc_with_queue`] computes. `N = B + Q` columns: the in-batch momentum features, then
+/// the queue (as it was before the enqueue).
+#[derive(Debug)]
+pub struct ItcQueueOutput {
+    /// The ITC loss `(loss_i2t + loss_t2i) / 2` (scalar, differentiable w.r.t. the online features).
+    pub loss: Tensor,
+    /// `[B, N]` `image_feat @ [text_feat_m.T ; text_queue] / temp`.
+    pub sim_i2t: Tensor,
+    /// `[B, N]` `text_feat @ [image_feat_m.T ; image_queue] / temp`.
+    pub sim_t2i: Tensor,
+    /// `[B, N]` momentum image-to-text logits (no gradient).
+    pub sim_i2t_m: Tensor,
+    /// `[B, N]` momentum text-to-image logits (no gradient).
+    pub sim_t2i_m: Tensor,
+}
+
+/// One ITC step with a feature queue (ALBEF/BLIP pretraining and retrieval fine-tuning): the
+/// similarities of the online features against `[in-batch momentum features ; queue]` (momentum
+/// ones without gradient), the distilled loss with diagonal or multi-positive targets (see
+/// [`ItcQueueInputs::idx`]), then the enqueue of the momentum features (and ids) at the shared
+/// pointer ([`crate::momentum::enqueue_shared`]). Errors on inconsistent shapes or queues.
+pub fn itc_with_queue(x: &ItcQueueInputs) -> Result<ItcQueueOutput> {
+    let targets = x.idx.map(|(idx, idx_queue)| {
+        let idx_all = Tensor::cat(&[idx.view([1, -1]), idx_queue.copy()], 1);
+        multi_positive_targets(idx, &idx_all)
+    });
+    let (image_feat_all, text_feat_all) = tch::no_grad(|| {
+        (
+            Tensor::cat(&[x.image_feat_m.tr(), x.image_queue.copy()], 1),
+            Tensor::cat(&[x.text_feat_m.tr(), x.text_queue.copy()], 1),
+        )
+    });
+    let (sim_i2t_m, sim_t2i_m) = tch::no_grad(|| {
+        (
+            x.image_feat_m.matmul(&text_feat_all) / x.temp,
+            x.text_feat_m.matmul(&image_feat_all) / x.temp,
+        )
+    });
+    let sim_i2t = x.image_feat.matmul(&text_feat_all) / x.temp;
+    let sim_t2i = x.text_feat.matmul(&image_feat_all) / x.temp;
+    let loss = Itc::default().try_loss(&ItcInputs {
+        sim_i2t: &sim_i2t,
+        sim_t2i: &sim_t2i,
+        sim_i2t_m: x.distill.then_some(&sim_i2t_m),
+        sim_t2i_m: x.distill.then_some(&sim_t2i_m),
+        targets: targets.as_ref(),
+        alpha: x.alpha,
+    })?;
+    let mut entries = vec![
+        (x.image_queue, x.image_feat_m),
+        (x.text_queue, x.text_feat_m),
+    ];
+    if let Some((idx, idx_queue)) = x.idx {
+        entries.push((idx_queue, idx));
+    }
+    crate::momentum::enqueue_shared(&entries, x.queue_ptr)?;
+    Ok(ItcQueueOutput {
+        loss,
+        sim_i2t,
+        sim_t2i,
+        sim_i2t_m,
+        sim_t2i_m,
+    })
+}

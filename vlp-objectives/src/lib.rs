@@ -27,7 +27,8 @@ pub mod momentum;
 mod util;
 
 pub use itc::{
-    alpha_ramp, clip_loss, diagonal_targets, multi_positive_targets, try_clip_loss, Itc, ItcInputs,
+    alpha_ramp, clip_loss, diagonal_targets, itc_with_queue, multi_positive_targets, try_clip_loss,
+    Itc, ItcInputs, ItcQueueInputs, ItcQueueOutput,
 };
 pub use itm::{same_id_positives, HardNegativeSampler, Itm, NegativeDraws};
 pub use lm::{lm_loss, try_lm_loss};

@@ -24,10 +24,9 @@ use vlp_core::layers::bert::CrossInput;
 use vlp_core::layers::linear;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
-use vlp_objectives::itc::{Itc, ItcInputs};
+use vlp_objectives::itc::{itc_with_queue, ItcQueueInputs, ItcQueueOutput};
 use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
 use vlp_objectives::mlm::{Mlm, MlmDraws, MlmMasker};
-use vlp_objectives::momentum::enqueue_shared;
 
 /// The online/momentum module pairs of `model_pretrain.py` (`self.model_pairs`).
 pub const PRETRAIN_PAIRS: MomentumPairs = &[
@@ -388,47 +387,33 @@ impl AlbefPretrain {
         let text_embeds = self.text_encoder.bert.text(ids, mask, train);
         let text_feat = normalize(&cls_token(&text_embeds).apply(&self.text_proj));
 
-        let (image_embeds_m, image_feat_m, text_feat_m, image_feat_all, text_feat_all) =
-            tch::no_grad(|| -> Result<_> {
-                momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
-                let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-                let image_feat_m =
-                    normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
-                let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
-                let text_m = self.text_encoder_m.bert.text(ids, mask, train);
-                let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
-                let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
-                Ok((
-                    image_embeds_m,
-                    image_feat_m,
-                    text_feat_m,
-                    image_feat_all,
-                    text_feat_all,
-                ))
-            })?;
-        let (sim_i2t_m, sim_t2i_m) = tch::no_grad(|| {
-            (
-                image_feat_m.matmul(&text_feat_all) / &temp,
-                text_feat_m.matmul(&image_feat_all) / &temp,
-            )
-        });
-        let sim_i2t = image_feat.matmul(&text_feat_all) / &temp;
-        let sim_t2i = text_feat.matmul(&image_feat_all) / &temp;
-        let loss_ita = Itc::default().try_loss(&ItcInputs {
-            sim_i2t: &sim_i2t,
-            sim_t2i: &sim_t2i,
-            sim_i2t_m: Some(&sim_i2t_m),
-            sim_t2i_m: Some(&sim_t2i_m),
-            targets: None,
-            alpha,
+        let (image_embeds_m, image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
+            momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
+            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
+            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let text_m = self.text_encoder_m.bert.text(ids, mask, train);
+            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            Ok((image_embeds_m, image_feat_m, text_feat_m))
         })?;
-        enqueue_shared(
-            &[
-                (&self.image_queue, &image_feat_m),
-                (&self.text_queue, &text_feat_m),
-            ],
-            &self.queue_ptr,
-        )?;
+        let ItcQueueOutput {
+            loss: loss_ita,
+            sim_i2t,
+            sim_t2i,
+            sim_i2t_m,
+            sim_t2i_m,
+        } = itc_with_queue(&ItcQueueInputs {
+            image_feat: &image_feat,
+            text_feat: &text_feat,
+            image_feat_m: &image_feat_m,
+            text_feat_m: &text_feat_m,
+            image_queue: &self.image_queue,
+            text_queue: &self.text_queue,
+            idx: None,
+            queue_ptr: &self.queue_ptr,
+            temp: &temp,
+            alpha,
+            distill: true,
+        })?;
 
         // ITM with hard negatives.
         let cross = [CrossInput {

@@ -27,9 +27,8 @@ use vlp_core::layers::bert::CrossInput;
 use vlp_core::layers::linear;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
-use vlp_objectives::itc::{multi_positive_targets, Itc, ItcInputs};
+use vlp_objectives::itc::{itc_with_queue, ItcQueueInputs, ItcQueueOutput};
 use vlp_objectives::itm::{same_id_positives, HardNegativeSampler, NegativeDraws};
-use vlp_objectives::momentum::enqueue_shared;
 
 /// The online/momentum module pairs of `model_retrieval.py` (same as pretraining).
 pub const RETRIEVAL_PAIRS: MomentumPairs = PRETRAIN_PAIRS;
@@ -292,47 +291,33 @@ impl AlbefRetrieval {
         }
         let train = self.train;
         let idx = idx.to_device(image.device()).to_kind(Kind::Int64);
-        let idx_all = Tensor::cat(&[idx.view([1, -1]), self.idx_queue.copy()], 1);
-        let sim_targets = multi_positive_targets(&idx, &idx_all);
         let temp = self.temp.shallow_clone();
-        let (image_feat_m, text_feat_m, image_feat_all, text_feat_all) =
-            tch::no_grad(|| -> Result<_> {
-                momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
-                let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-                let image_feat_m =
-                    normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
-                let image_feat_all = Tensor::cat(&[image_feat_m.tr(), self.image_queue.copy()], 1);
-                let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
-                let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
-                let text_feat_all = Tensor::cat(&[text_feat_m.tr(), self.text_queue.copy()], 1);
-                Ok((image_feat_m, text_feat_m, image_feat_all, text_feat_all))
-            })?;
-        let sims_m = self.cfg.distill.then(|| {
-            tch::no_grad(|| {
-                (
-                    image_feat_m.matmul(&text_feat_all) / &temp,
-                    text_feat_m.matmul(&image_feat_all) / &temp,
-                )
-            })
-        });
-        let sim_i2t = image_feat.matmul(&text_feat_all) / &temp;
-        let sim_t2i = text_feat.matmul(&image_feat_all) / &temp;
-        let loss_ita = Itc::default().try_loss(&ItcInputs {
-            sim_i2t: &sim_i2t,
-            sim_t2i: &sim_t2i,
-            sim_i2t_m: sims_m.as_ref().map(|s| &s.0),
-            sim_t2i_m: sims_m.as_ref().map(|s| &s.1),
-            targets: Some(&sim_targets),
-            alpha,
+        let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
+            momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
+            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
+            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
+            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            Ok((image_feat_m, text_feat_m))
         })?;
-        enqueue_shared(
-            &[
-                (&self.image_queue, &image_feat_m),
-                (&self.text_queue, &text_feat_m),
-                (&self.idx_queue, &idx),
-            ],
-            &self.queue_ptr,
-        )?;
+        let ItcQueueOutput {
+            loss: loss_ita,
+            sim_i2t,
+            sim_t2i,
+            ..
+        } = itc_with_queue(&ItcQueueInputs {
+            image_feat: &image_feat,
+            text_feat: &text_feat,
+            image_feat_m: &image_feat_m,
+            text_feat_m: &text_feat_m,
+            image_queue: &self.image_queue,
+            text_queue: &self.text_queue,
+            idx: Some((&idx, &self.idx_queue)),
+            queue_ptr: &self.queue_ptr,
+            temp: &temp,
+            alpha,
+            distill: self.cfg.distill,
+        })?;
 
         let cross = [CrossInput {
             states: &image_embeds,
