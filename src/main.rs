@@ -15,6 +15,8 @@ use tch::Kind;
 use vlp_core::checkpoint::{self, LoadMode, ReadOptions, StateDict, Wrapper};
 use vlp_models::{parity, registry};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "vlp", version, about = "vlp-rs: vision-language pretraining on libtorch")]
 struct Cli {
@@ -93,6 +95,17 @@ enum Cmd {
     Shapes {
         #[command(subcommand)]
         cmd: vlp_tasks::shapes::cli::ShapesCommand,
+    },
+    /// Pre-train a model from an experiment config (docs/experiments.md).
+    Pretrain(cli::ExperimentArgs),
+    /// Fine-tune a model from an experiment config (usually `model.init`: a pretraining run).
+    Finetune(cli::ExperimentArgs),
+    /// Evaluate `model.init` (or `--resume RUN_DIR`'s latest checkpoint); writes eval.json.
+    Eval(cli::ExperimentArgs),
+    /// Variants, presets and accepted checkpoints of a model.
+    Info {
+        /// Registered model name (albef, blip, bert).
+        model: String,
     },
 }
 
@@ -174,6 +187,10 @@ fn run() -> Result<()> {
             Ok(())
         }
         Cmd::Shapes { cmd } => Ok(vlp_tasks::shapes::cli::run(&cmd)?),
+        Cmd::Pretrain(a) => cli::experiment(vlp_tasks::pipeline::Command::Pretrain, a, device),
+        Cmd::Finetune(a) => cli::experiment(vlp_tasks::pipeline::Command::Finetune, a, device),
+        Cmd::Eval(a) => cli::experiment(vlp_tasks::pipeline::Command::Eval, a, device),
+        Cmd::Info { model } => cli::info(&model),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {

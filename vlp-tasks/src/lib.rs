@@ -17,6 +17,7 @@
 pub mod data;
 pub mod eval;
 pub mod metrics;
+pub mod pipeline;
 pub mod score;
 pub mod shapes;
 pub mod train;

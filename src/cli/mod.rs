@@ -1,0 +1,117 @@
+//! Subcommand implementations of the `vlp` binary for the experiment pipeline:
+//! `vlp pretrain|finetune|eval` ([`experiment`]) and `vlp info MODEL` ([`info`]).
+use anyhow::Result;
+use std::path::PathBuf;
+use tch::Device;
+use vlp_tasks::pipeline::{self, Command, Preset, RunOptions};
+
+/// Flags of `vlp pretrain|finetune|eval`.
+#[derive(clap::Args, Debug)]
+pub struct ExperimentArgs {
+    /// The experiment file (YAML or JSON; see docs/experiments.md).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a config value: `--set train.max_steps=100 --set data.root=data/shapes`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// The run directory (default: runs/<train.name>-<YYYYmmdd-HHMMSS>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its latest checkpoint (eval: evaluate that checkpoint).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// Runs `vlp pretrain|finetune|eval` and prints the run directory and the final metrics.
+pub fn experiment(cmd: Command, args: ExperimentArgs, device: Device) -> Result<()> {
+    let opts = RunOptions {
+        config: args.config,
+        sets: args.sets,
+        out: args.out,
+        resume: args.resume,
+        device,
+    };
+    let s = pipeline::run(cmd, &opts)?;
+    println!("run directory: {}", s.run_dir.display());
+    println!("steps: {}", s.step);
+    for (k, v) in &s.metrics {
+        println!("  {k}: {v:.4}");
+    }
+    println!(
+        "metrics written to {}",
+        s.run_dir.join(pipeline::EVAL_FILE).display()
+    );
+    Ok(())
+}
+
+fn count_params(cfg: &vlp_models::albef::AlbefConfig) -> Result<i64> {
+    let m = vlp_models::albef::AlbefPretrain::new(cfg, Device::Cpu)?;
+    use vlp_models::VlpModel;
+    Ok(m.var_store()
+        .trainable_variables()
+        .iter()
+        .map(|t| t.numel() as i64)
+        .sum())
+}
+
+/// `vlp info MODEL`: variants, presets, the checkpoints the model accepts and whether the
+/// experiment pipeline can train it.
+pub fn info(model: &str) -> Result<()> {
+    let spec = vlp_models::registry::find(model).ok_or_else(|| {
+        let names: Vec<&str> = vlp_models::registry::models()
+            .iter()
+            .map(|m| m.name)
+            .collect();
+        anyhow::anyhow!(
+            "unknown model `{model}` (registered: {}; planned: {})",
+            names.join(", "),
+            vlp_models::registry::PLANNED.join(", ")
+        )
+    })?;
+    println!("{}: {}", spec.name, spec.paper);
+    println!("variants: {}", spec.variants.join(", "));
+    let doc = PathBuf::from(format!("docs/models/{}.md", spec.name));
+    match spec.name {
+        "albef" => {
+            println!("pipeline: vlp pretrain (variant pretrain), vlp finetune (retrieval, vqa, nlvr2, ve), vlp eval");
+            println!("presets (model.preset):");
+            for p in [Preset::Base, Preset::Small, Preset::Tiny] {
+                let c = pipeline::albef::albef_preset(p);
+                let v = c.vit();
+                let params = count_params(&c)
+                    .map(|n| format!("{:.1}M trainable parameters (pretrain)", n as f64 / 1e6))
+                    .unwrap_or_else(|e| format!("(parameter count failed: {e})"));
+                println!(
+                    "  {:<5} image {}px patch {} ViT {}x{} ({} heads), BERT {} text + {} fusion layers of {}, embed_dim {}, queue {}: {}",
+                    p.name(),
+                    c.image_res,
+                    v.patch_size,
+                    v.depth,
+                    v.embed_dim,
+                    v.num_heads,
+                    c.fusion_layer(),
+                    c.bert.num_hidden_layers as usize - c.fusion_layer(),
+                    c.bert.hidden_size,
+                    c.embed_dim,
+                    c.queue_size,
+                    params
+                );
+            }
+            println!("checkpoints (model.init; .pth, .safetensors, a trainer checkpoint or a run directory):");
+            println!("  pretrain : ALBEF.pth (14M), ALBEF_4M.pth, or a `vlp pretrain` run");
+            println!("  retrieval: mscoco.pth, flickr30k.pth; a pretraining checkpoint (init_mode: partial)");
+            println!("  vqa      : vqa.pth; a pretraining checkpoint (decoder from fusion layers 6-11, as VQA.py)");
+            println!("  nlvr2    : the official NLVR2 checkpoint; a pretraining checkpoint (fusion layers replicated, as Pretrain_nlvr.py)");
+            println!("  ve       : the official SNLI-VE checkpoint; a pretraining checkpoint (cls_head left at init)");
+        }
+        "blip" => {
+            println!("pipeline: not implemented yet (configs/blip/*.yaml parse; `vlp pretrain` on them says so)");
+            println!("checkpoints: the official BLIP releases (model_base*.pth, model_large*.pth, fine-tuned retrieval/caption/vqa/nlvr) and the HF layout; see {}", doc.display());
+        }
+        _ => println!("pipeline: not available for this model"),
+    }
+    if doc.is_file() {
+        println!("docs: {}", doc.display());
+    }
+    Ok(())
+}

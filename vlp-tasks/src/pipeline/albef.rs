@@ -1,0 +1,1237 @@
+//! ALBEF in the pipeline: size presets, the model config of an experiment, the data sets and
+//! batches of every task, the [`Trainable`] implementation of the five variants, and their
+//! evaluation with the real metrics (VQA accuracy, retrieval recall with the ItmOnly rule,
+//! NLVR2 / SNLI-VE accuracy).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tch::{Device, Kind, Tensor};
+use vlp_core::checkpoint::{self, LoadMode, LoadReport, ReadOptions as CkptReadOptions};
+use vlp_core::image::{ImageTransform, ImageTransformConfig};
+use vlp_core::layers::bert::CrossInput;
+use vlp_core::layers::vit::VitConfig;
+use vlp_core::text::{pad_batch, EncodeOptions, Padding, SpecialStyle, Tokenizer};
+use vlp_core::{Result, VlpError};
+use vlp_models::albef::pretrain::{PretrainBatch, PretrainDraws};
+use vlp_models::albef::retrieval::RetrievalBatch;
+use vlp_models::albef::vqa::VqaTrainBatch;
+use vlp_models::albef::{
+    normalize, AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa,
+};
+use vlp_models::VlpModel;
+
+use super::config::{ExperimentConfig, InitMode, Preset, Task};
+use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, EasyVqaSample, Split as EasySplit};
+use crate::data::karpathy::{self, CaptionDataset, CaptionSample, RetrievalGallery};
+use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
+use crate::data::nlvr2::{self, Nlvr2Dataset, Nlvr2Sample};
+use crate::data::snli_ve::{self, VeDataset, VeSample};
+use crate::data::vqa::{self as vqa_data, VqaDataset, VqaQuestion, VqaSample};
+use crate::data::{ReadOptions, TextPrep};
+use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig, RetrievalModel};
+use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
+use crate::train::{LossTerms, StepContext, Trainable};
+
+/// The ALBEF config of a preset. `Base` is the paper's model; `Small` and `Tiny` are sized for
+/// CPU (bert-base-uncased vocabulary, so the default tokenizer fits every preset).
+pub fn albef_preset(preset: Preset) -> AlbefConfig {
+    let base = AlbefConfig::default();
+    let (img, patch, width, depth, heads, layers, fusion, embed, queue) = match preset {
+        Preset::Base => return base,
+        Preset::Small => (64, 8, 128, 4, 4, 4, 2, 64, 256),
+        Preset::Tiny => (32, 8, 64, 2, 2, 2, 1, 32, 64),
+    };
+    let mut c = base;
+    c.image_res = img;
+    c.vision = Some(VitConfig {
+        img_size: img,
+        patch_size: patch,
+        embed_dim: width,
+        depth,
+        num_heads: heads,
+        ..VitConfig::default()
+    });
+    c.vision_width = width;
+    c.embed_dim = embed;
+    c.queue_size = queue;
+    c.bert.hidden_size = width;
+    c.bert.num_hidden_layers = layers;
+    c.bert.num_attention_heads = heads;
+    c.bert.intermediate_size = 4 * width;
+    c.bert.fusion_layer = Some(fusion);
+    c.bert.encoder_width = Some(width);
+    c.bert.max_position_embeddings = 128;
+    c
+}
+
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
+    VlpError::Config {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// The model config of an experiment: the preset with `model.config` merged over it (a file
+/// path relative to the experiment file, or an inline mapping). Errors name `model.config`.
+pub fn albef_config(exp: &ExperimentConfig) -> Result<AlbefConfig> {
+    let src = &exp.source;
+    let mut v = serde_json::to_value(albef_preset(exp.model.preset))
+        .map_err(|e| VlpError::Msg(format!("albef preset: {e}")))?;
+    let over: Option<serde_json::Value> = match &exp.model.config {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(serde_yaml::Value::String(p)) => {
+            let p = PathBuf::from(p);
+            let p = if p.is_relative() {
+                src.parent().unwrap_or(Path::new("")).join(p)
+            } else {
+                p
+            };
+            if !p.is_file() {
+                return Err(cfg_err(
+                    src,
+                    format!("field `model.config`: file not found: {}", p.display()),
+                ));
+            }
+            Some(vlp_core::config::load_config(&p)?)
+        }
+        Some(m @ serde_yaml::Value::Mapping(_)) => Some(
+            serde_json::to_value(m)
+                .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(cfg_err(
+                src,
+                "field `model.config`: expected a file path or a mapping of overrides",
+            ))
+        }
+    };
+    if let Some(o) = over {
+        merge(&mut v, o);
+    }
+    let mut c = AlbefConfig::from_json(&v)
+        .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?;
+    if let Some(size) = exp.data.image_size {
+        let size = i64::from(size);
+        if size != c.image_res {
+            c.image_res = size;
+            if let Some(vit) = c.vision.as_mut() {
+                vit.img_size = size;
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// One of the five ALBEF variants.
+#[derive(Debug)]
+pub enum AlbefModel {
+    /// `pretrain`.
+    Pretrain(Box<AlbefPretrain>),
+    /// `retrieval`.
+    Retrieval(Box<AlbefRetrieval>),
+    /// `vqa`.
+    Vqa(Box<AlbefVqa>),
+    /// `nlvr2`.
+    Nlvr2(Box<AlbefNlvr>),
+    /// `ve`.
+    Ve(Box<AlbefVe>),
+}
+
+impl AlbefModel {
+    /// Builds `variant` on `device`.
+    pub fn build(variant: &str, cfg: &AlbefConfig, device: Device) -> Result<Self> {
+        Ok(match variant {
+            "pretrain" => AlbefModel::Pretrain(Box::new(AlbefPretrain::new(cfg, device)?)),
+            "retrieval" => AlbefModel::Retrieval(Box::new(AlbefRetrieval::new(cfg, device)?)),
+            "vqa" => AlbefModel::Vqa(Box::new(AlbefVqa::new(cfg, device)?)),
+            "nlvr2" => AlbefModel::Nlvr2(Box::new(AlbefNlvr::new(cfg, device)?)),
+            "ve" => AlbefModel::Ve(Box::new(AlbefVe::new(cfg, device)?)),
+            other => {
+                return Err(VlpError::Unsupported {
+                    what: format!(
+                        "variant `{other}` of `albef` (available: {})",
+                        vlp_models::albef::VARIANTS.join(", ")
+                    ),
+                })
+            }
+        })
+    }
+
+    /// The model as the registry's trait object.
+    pub fn as_vlp(&self) -> &dyn VlpModel {
+        match self {
+            AlbefModel::Pretrain(m) => m.as_ref(),
+            AlbefModel::Retrieval(m) => m.as_ref(),
+            AlbefModel::Vqa(m) => m.as_ref(),
+            AlbefModel::Nlvr2(m) => m.as_ref(),
+            AlbefModel::Ve(m) => m.as_ref(),
+        }
+    }
+
+    /// Mutable form of [`AlbefModel::as_vlp`].
+    pub fn as_vlp_mut(&mut self) -> &mut dyn VlpModel {
+        match self {
+            AlbefModel::Pretrain(m) => m.as_mut(),
+            AlbefModel::Retrieval(m) => m.as_mut(),
+            AlbefModel::Vqa(m) => m.as_mut(),
+            AlbefModel::Nlvr2(m) => m.as_mut(),
+            AlbefModel::Ve(m) => m.as_mut(),
+        }
+    }
+
+    /// Dropout on (training) or off (evaluation).
+    pub fn set_train(&mut self, train: bool) {
+        match self {
+            AlbefModel::Pretrain(m) => m.train = train,
+            AlbefModel::Retrieval(m) => m.train = train,
+            AlbefModel::Vqa(m) => m.train = train,
+            AlbefModel::Nlvr2(m) => m.train = train,
+            AlbefModel::Ve(m) => m.train = train,
+        }
+    }
+
+    /// The variant's name.
+    pub fn variant(&self) -> &'static str {
+        match self {
+            AlbefModel::Pretrain(_) => "pretrain",
+            AlbefModel::Retrieval(_) => "retrieval",
+            AlbefModel::Vqa(_) => "vqa",
+            AlbefModel::Nlvr2(_) => "nlvr2",
+            AlbefModel::Ve(_) => "ve",
+        }
+    }
+}
+
+/// The weights file a `model.init` path names: a file as is; a trainer checkpoint directory's
+/// `model.safetensors`; a run directory's latest checkpoint.
+pub fn resolve_init(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if path.join("model.safetensors").is_file() {
+        return Ok(path.join("model.safetensors"));
+    }
+    let ck = crate::train::Checkpointer::new(path.join("checkpoints"));
+    if path.join("checkpoints").is_dir() {
+        return Ok(ck.latest()?.join("model.safetensors"));
+    }
+    Err(VlpError::Msg(format!(
+        "{}: not a checkpoint file, a checkpoint directory or a run directory",
+        path.display()
+    )))
+}
+
+/// Loads `path` into the model after its `adapt_state_dict` (the documented renames of the
+/// official fine-tuning loaders).
+pub fn load_init(model: &mut AlbefModel, path: &Path, mode: InitMode) -> Result<LoadReport> {
+    let file = resolve_init(path)?;
+    let sd = checkpoint::read_state_dict(&file, &CkptReadOptions::default())?;
+    let sd = model.as_vlp().adapt_state_dict(sd)?;
+    let mode = match mode {
+        InitMode::Strict => LoadMode::Strict,
+        InitMode::Partial => LoadMode::Partial,
+    };
+    checkpoint::load_state_dict(
+        model.as_vlp_mut().var_store_mut(),
+        &sd,
+        mode,
+        &file.display().to_string(),
+    )
+}
+
+/// One training batch (CPU tensors; moved to the model's device in `train_step`).
+#[derive(Debug)]
+pub enum AlbefBatch {
+    /// Image–text pairs with the image index (pretraining, retrieval).
+    Pairs {
+        /// `[B, 3, H, W]`.
+        image: Tensor,
+        /// `[B, L]`.
+        input_ids: Tensor,
+        /// `[B, L]`.
+        attention_mask: Tensor,
+        /// `[B]` image index (retrieval's `idx`).
+        idx: Tensor,
+    },
+    /// VQA: questions and their weighted answers.
+    Vqa {
+        /// `[B, 3, H, W]`.
+        image: Tensor,
+        /// `[B, Lq]`.
+        question_ids: Tensor,
+        /// `[B, Lq]`.
+        question_mask: Tensor,
+        /// `[N, La]` (`[CLS] answer [SEP]`).
+        answer_ids: Tensor,
+        /// `[N, La]`.
+        answer_mask: Tensor,
+        /// `[B]` answers per question.
+        counts: Tensor,
+        /// `[N]` answer weights.
+        weights: Tensor,
+    },
+    /// Classification (NLVR2: `image` is `[image0 (B); image1 (B)]`; SNLI-VE).
+    Classify {
+        /// `[B or 2B, 3, H, W]`.
+        image: Tensor,
+        /// `[B, L]`.
+        input_ids: Tensor,
+        /// `[B, L]`.
+        attention_mask: Tensor,
+        /// `[B]` class index.
+        targets: Tensor,
+    },
+}
+
+impl AlbefBatch {
+    /// Samples in the batch.
+    pub fn len(&self) -> usize {
+        let ids = match self {
+            AlbefBatch::Pairs { input_ids, .. } => input_ids,
+            AlbefBatch::Vqa { question_ids, .. } => question_ids,
+            AlbefBatch::Classify { input_ids, .. } => input_ids,
+        };
+        ids.size()[0] as usize
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A sample of any task.
+#[derive(Debug)]
+pub enum AnySample {
+    /// Caption pair.
+    Caption(CaptionSample),
+    /// VQA question.
+    Vqa(VqaSample),
+    /// easy-VQA question with its answer string.
+    EasyVqa(EasyVqaSample, String),
+    /// NLVR2 example.
+    Nlvr2(Nlvr2Sample),
+    /// SNLI-VE example.
+    Ve(VeSample),
+}
+
+/// The training data set of any task.
+#[derive(Debug, Clone)]
+pub enum AnyDataset {
+    /// Pretraining / retrieval.
+    Caption(CaptionDataset),
+    /// VQA.
+    Vqa(VqaDataset),
+    /// easy-VQA (with its answers).
+    EasyVqa(EasyVqaDataset, Arc<Vec<String>>),
+    /// NLVR2.
+    Nlvr2(Nlvr2Dataset),
+    /// SNLI-VE.
+    Ve(VeDataset),
+}
+
+impl Dataset for AnyDataset {
+    type Sample = AnySample;
+    fn len(&self) -> usize {
+        match self {
+            AnyDataset::Caption(d) => d.len(),
+            AnyDataset::Vqa(d) => d.len(),
+            AnyDataset::EasyVqa(d, _) => d.len(),
+            AnyDataset::Nlvr2(d) => d.len(),
+            AnyDataset::Ve(d) => d.len(),
+        }
+    }
+    fn get(&self, i: usize, rng: &mut StdRng) -> Result<AnySample> {
+        Ok(match self {
+            AnyDataset::Caption(d) => AnySample::Caption(d.get(i, rng)?),
+            AnyDataset::Vqa(d) => AnySample::Vqa(d.get(i, rng)?),
+            AnyDataset::EasyVqa(d, answers) => {
+                let s = d.get(i, rng)?;
+                let a = answers.get(s.label).cloned().unwrap_or_default();
+                AnySample::EasyVqa(s, a)
+            }
+            AnyDataset::Nlvr2(d) => AnySample::Nlvr2(d.get(i, rng)?),
+            AnyDataset::Ve(d) => AnySample::Ve(d.get(i, rng)?),
+        })
+    }
+}
+
+/// Text encoding shared by the collate function and the evaluators: ALBEF's `[CLS] x` style.
+#[derive(Debug, Clone)]
+pub struct TextEncoder {
+    /// The tokenizer.
+    pub tokenizer: Arc<Tokenizer>,
+    /// Truncation length.
+    pub max_len: usize,
+}
+
+impl TextEncoder {
+    /// `[B, L]` ids and mask of texts (`[CLS] x`, padded to the longest).
+    pub fn encode(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let b = self.tokenizer.encode_batch(
+            texts,
+            &EncodeOptions::longest(self.max_len).with_style(SpecialStyle::ClsOnly),
+        )?;
+        Ok((b.input_ids, b.attention_mask))
+    }
+
+    /// Answers as the VQA decoder reads them: `[CLS] answer [SEP]` (ALBEF appends `eos` =
+    /// `[SEP]` to every answer), padded to the longest.
+    pub fn encode_answers(&self, answers: &[&str]) -> Result<(Tensor, Tensor)> {
+        let t = &self.tokenizer;
+        let seqs = answers
+            .iter()
+            .map(|a| {
+                let mut ids = t.encode(a, SpecialStyle::ClsOnly, Some(self.max_len - 1))?;
+                ids.push(t.sep_id());
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let b = pad_batch(&seqs, t.pad_id(), Padding::Longest)?;
+        Ok((b.input_ids, b.attention_mask))
+    }
+}
+
+fn mismatch(what: &str) -> VlpError {
+    VlpError::Msg(format!("collate: mixed samples in one batch ({what})"))
+}
+
+/// Builds a batch of any task's samples.
+pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch> {
+    let first = samples
+        .first()
+        .ok_or_else(|| VlpError::Msg("collate: empty batch".into()))?;
+    match first {
+        AnySample::Caption(_) => {
+            let mut imgs = Vec::new();
+            let mut texts = Vec::new();
+            let mut idx = Vec::new();
+            for s in samples {
+                let AnySample::Caption(s) = s else {
+                    return Err(mismatch("caption"));
+                };
+                imgs.push(s.image);
+                texts.push(s.caption);
+                idx.push(s.image_index as i64);
+            }
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let (input_ids, attention_mask) = enc.encode(&refs)?;
+            Ok(AlbefBatch::Pairs {
+                image: stack_images(imgs)?,
+                input_ids,
+                attention_mask,
+                idx: Tensor::from_slice(&idx),
+            })
+        }
+        AnySample::Vqa(_) | AnySample::EasyVqa(..) => {
+            let mut imgs = Vec::new();
+            let mut qs = Vec::new();
+            let mut answers: Vec<String> = Vec::new();
+            let mut weights: Vec<f32> = Vec::new();
+            let mut counts: Vec<i64> = Vec::new();
+            for s in samples {
+                let (image, q, ans) = match s {
+                    AnySample::Vqa(s) => (s.image, s.question, s.answers),
+                    AnySample::EasyVqa(s, a) => (s.image, s.question, vec![(a, 1.0)]),
+                    _ => return Err(mismatch("vqa")),
+                };
+                imgs.push(image);
+                qs.push(q);
+                counts.push(ans.len() as i64);
+                for (a, w) in ans {
+                    answers.push(a);
+                    weights.push(w);
+                }
+            }
+            let q: Vec<&str> = qs.iter().map(String::as_str).collect();
+            let (question_ids, question_mask) = enc.encode(&q)?;
+            let a: Vec<&str> = answers.iter().map(String::as_str).collect();
+            let (answer_ids, answer_mask) = enc.encode_answers(&a)?;
+            Ok(AlbefBatch::Vqa {
+                image: stack_images(imgs)?,
+                question_ids,
+                question_mask,
+                answer_ids,
+                answer_mask,
+                counts: Tensor::from_slice(&counts),
+                weights: Tensor::from_slice(&weights),
+            })
+        }
+        AnySample::Nlvr2(_) | AnySample::Ve(_) => {
+            let mut left = Vec::new();
+            let mut right = Vec::new();
+            let mut texts = Vec::new();
+            let mut targets = Vec::new();
+            for s in samples {
+                match s {
+                    AnySample::Nlvr2(s) => {
+                        let [a, b] = s.images;
+                        left.push(a);
+                        right.push(b);
+                        texts.push(s.sentence);
+                        targets.push(i64::from(s.label));
+                    }
+                    AnySample::Ve(s) => {
+                        left.push(s.image);
+                        texts.push(s.sentence);
+                        targets.push(s.label.index() as i64);
+                    }
+                    _ => return Err(mismatch("classification")),
+                }
+            }
+            left.extend(right);
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let (input_ids, attention_mask) = enc.encode(&refs)?;
+            Ok(AlbefBatch::Classify {
+                image: stack_images(left)?,
+                input_ids,
+                attention_mask,
+                targets: Tensor::from_slice(&targets),
+            })
+        }
+    }
+}
+
+/// The tokenizer of an experiment (`data.tokenizer`, default the bundled bert-base-uncased
+/// vocabulary of MiniLM).
+pub fn tokenizer(exp: &ExperimentConfig) -> Result<Tokenizer> {
+    match &exp.data.tokenizer {
+        Some(p) => Tokenizer::from_file(exp.data_path(p)),
+        None => Tokenizer::from_file(vlp_core::assets::minilm_dir()?),
+    }
+}
+
+/// The image transform of an experiment (training augmentation or the evaluation resize).
+pub fn transform(exp: &ExperimentConfig, cfg: &AlbefConfig, train: bool) -> Result<ImageTransform> {
+    let size = cfg.image_res as u32;
+    let c = if train {
+        ImageTransformConfig::train(size, exp.data.normalize)
+    } else {
+        ImageTransformConfig::eval(size, exp.data.normalize)
+    };
+    ImageTransform::new(c)
+}
+
+fn read_opts(exp: &ExperimentConfig) -> ReadOptions {
+    ReadOptions::new(exp.image_root()).skipping(exp.data.skip_bad_samples)
+}
+
+fn prep(exp: &ExperimentConfig) -> TextPrep {
+    TextPrep::Albef {
+        max_words: exp.data.max_words,
+    }
+}
+
+fn need_files(exp: &ExperimentConfig, split: &str) -> Result<Vec<PathBuf>> {
+    let files = exp.split_files(split);
+    if files.is_empty() {
+        return Err(cfg_err(
+            &exp.source,
+            format!(
+                "field `data.{split}_file`: no annotation file for task `{}`",
+                exp.data.task.name()
+            ),
+        ));
+    }
+    Ok(files)
+}
+
+fn easy_vqa(exp: &ExperimentConfig) -> Result<EasyVqa> {
+    match &exp.data.root {
+        Some(r) => EasyVqa::open(r),
+        None => EasyVqa::package(),
+    }
+}
+
+fn read_vqa(exp: &ExperimentConfig, files: &[PathBuf]) -> Result<Vec<VqaQuestion>> {
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(vqa_data::read_albef(f, &read_opts(exp), None)?.items);
+    }
+    Ok(out)
+}
+
+/// The training set of an experiment's task.
+pub fn train_dataset(exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDataset> {
+    let tf = transform(exp, cfg, true)?;
+    Ok(match exp.data.task {
+        Task::Pretrain | Task::Retrieval => {
+            let files = need_files(exp, "train")?;
+            let entries = karpathy::read_many(&files, &read_opts(exp))?.items;
+            AnyDataset::Caption(CaptionDataset::new(entries, tf, prep(exp)))
+        }
+        Task::Vqa => {
+            let qs = read_vqa(exp, &need_files(exp, "train")?)?;
+            AnyDataset::Vqa(VqaDataset::new(
+                qs,
+                tf,
+                prep(exp),
+                ScoreConvention::CountOverLen,
+                None,
+            ))
+        }
+        Task::EasyVqa => {
+            let ev = easy_vqa(exp)?;
+            let qs = ev.read(EasySplit::Train, exp.data.skip_bad_samples)?.items;
+            let answers = Arc::new(ev.answers.answers().to_vec());
+            AnyDataset::EasyVqa(EasyVqaDataset::new(qs, tf), answers)
+        }
+        Task::Nlvr2 => {
+            let mut ex = Vec::new();
+            for f in need_files(exp, "train")? {
+                ex.extend(nlvr2::read(&f, &read_opts(exp))?.items);
+            }
+            AnyDataset::Nlvr2(Nlvr2Dataset::new(ex, tf, prep(exp)))
+        }
+        Task::Ve => {
+            let mut ex = Vec::new();
+            for f in need_files(exp, "train")? {
+                ex.extend(snli_ve::read(&f, &read_opts(exp))?.items);
+            }
+            AnyDataset::Ve(VeDataset::new(ex, tf, prep(exp)))
+        }
+    })
+}
+
+/// The threaded loader of the training set (shuffled per epoch from `train.seed`; the last
+/// incomplete batch is dropped as in ALBEF when the set holds at least one batch).
+pub fn train_loader(
+    exp: &ExperimentConfig,
+    cfg: &AlbefConfig,
+    enc: TextEncoder,
+) -> Result<DataLoader<AnyDataset, AlbefBatch>> {
+    let ds = train_dataset(exp, cfg)?;
+    if ds.is_empty() {
+        return Err(VlpError::Msg(format!(
+            "{}: the training set of task `{}` is empty",
+            exp.source.display(),
+            exp.data.task.name()
+        )));
+    }
+    let mut lc = LoaderConfig::new(exp.train.batch_size);
+    lc.seed = exp.train.seed;
+    lc.num_workers = exp.data.num_workers;
+    lc.skip_bad_samples = exp.data.skip_bad_samples;
+    lc.drop_last = ds.len() >= exp.train.batch_size;
+    DataLoader::new(ds, move |s: Vec<AnySample>| collate(&enc, s), lc)
+}
+
+/// Whether `variant` can be trained / evaluated on `task`.
+pub fn check_task(variant: &str, task: Task) -> Result<()> {
+    let ok = matches!(
+        (variant, task),
+        ("pretrain", Task::Pretrain | Task::Retrieval)
+            | ("retrieval", Task::Retrieval | Task::Pretrain)
+            | ("vqa", Task::Vqa | Task::EasyVqa)
+            | ("nlvr2", Task::Nlvr2)
+            | ("ve", Task::Ve)
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(VlpError::Msg(format!(
+            "model.variant `{variant}` cannot be trained on data.task `{}`",
+            task.name()
+        )))
+    }
+}
+
+/// ALBEF as a [`Trainable`]: the variant plus the distillation weight `alpha` (ramped over the
+/// first epoch with `ctx.warmup_ramp()`, as the official scripts do).
+#[derive(Debug)]
+pub struct AlbefTrainable {
+    /// The model.
+    pub model: AlbefModel,
+    /// `alpha` of the config.
+    pub alpha: f64,
+}
+
+fn want(ctx: &StepContext<'_>, name: &str) -> bool {
+    ctx.is_active(name) && (ctx.weights.is_empty() || ctx.weights.contains_key(name))
+}
+
+impl Trainable for AlbefTrainable {
+    type Batch = AlbefBatch;
+
+    fn var_store(&self) -> &tch::nn::VarStore {
+        self.model.as_vlp().var_store()
+    }
+
+    /// Pretraining returns `itc`, `itm`, `mlm` (those listed in `train.objectives`, all when it
+    /// is empty), retrieval `itc`, `itm`, VQA `vqa`, NLVR2 `nlvr2`, SNLI-VE `ve`.
+    fn train_step(&mut self, batch: &AlbefBatch, ctx: &StepContext<'_>) -> Result<LossTerms> {
+        let dev = ctx.device;
+        let alpha = self.alpha * ctx.warmup_ramp();
+        self.model.set_train(true);
+        let mut lt = LossTerms::new();
+        match (&mut self.model, batch) {
+            (
+                AlbefModel::Pretrain(m),
+                AlbefBatch::Pairs {
+                    image,
+                    input_ids,
+                    attention_mask,
+                    ..
+                },
+            ) => {
+                let (image, ids, mask) = (
+                    image.to_device(dev),
+                    input_ids.to_device(dev),
+                    attention_mask.to_device(dev),
+                );
+                let out = m.forward(
+                    &PretrainBatch {
+                        image: &image,
+                        input_ids: &ids,
+                        attention_mask: &mask,
+                    },
+                    alpha,
+                    PretrainDraws::default(),
+                )?;
+                for (name, loss) in [
+                    ("itc", out.loss_ita),
+                    ("itm", out.loss_itm),
+                    ("mlm", out.loss_mlm),
+                ] {
+                    if want(ctx, name) {
+                        lt.push(name, loss);
+                    }
+                }
+            }
+            (
+                AlbefModel::Retrieval(m),
+                AlbefBatch::Pairs {
+                    image,
+                    input_ids,
+                    attention_mask,
+                    idx,
+                },
+            ) => {
+                let (image, ids, mask, idx) = (
+                    image.to_device(dev),
+                    input_ids.to_device(dev),
+                    attention_mask.to_device(dev),
+                    idx.to_device(dev),
+                );
+                let out = m.train_forward(
+                    &RetrievalBatch {
+                        image: &image,
+                        input_ids: &ids,
+                        attention_mask: &mask,
+                        idx: &idx,
+                    },
+                    alpha,
+                    None,
+                )?;
+                for (name, loss) in [("itc", out.loss_ita), ("itm", out.loss_itm)] {
+                    if want(ctx, name) {
+                        lt.push(name, loss);
+                    }
+                }
+            }
+            (
+                AlbefModel::Vqa(m),
+                AlbefBatch::Vqa {
+                    image,
+                    question_ids,
+                    question_mask,
+                    answer_ids,
+                    answer_mask,
+                    counts,
+                    weights,
+                },
+            ) => {
+                let t = |x: &Tensor| x.to_device(dev);
+                let (image, qi, qm, ai, am, k, w) = (
+                    t(image),
+                    t(question_ids),
+                    t(question_mask),
+                    t(answer_ids),
+                    t(answer_mask),
+                    t(counts),
+                    t(weights),
+                );
+                let out = m.train_forward(
+                    &VqaTrainBatch {
+                        image: &image,
+                        question_ids: &qi,
+                        question_mask: &qm,
+                        answer_ids: &ai,
+                        answer_mask: &am,
+                        answers_per_question: &k,
+                        weights: &w,
+                    },
+                    alpha,
+                )?;
+                lt.push("vqa", out.loss);
+            }
+            (
+                AlbefModel::Nlvr2(m),
+                AlbefBatch::Classify {
+                    image,
+                    input_ids,
+                    attention_mask,
+                    targets,
+                },
+            ) => {
+                let loss = m.train_loss(
+                    &image.to_device(dev),
+                    &input_ids.to_device(dev),
+                    &attention_mask.to_device(dev),
+                    &targets.to_device(dev),
+                    alpha,
+                )?;
+                lt.push("nlvr2", loss);
+            }
+            (
+                AlbefModel::Ve(m),
+                AlbefBatch::Classify {
+                    image,
+                    input_ids,
+                    attention_mask,
+                    targets,
+                },
+            ) => {
+                let loss = m.train_loss(
+                    &image.to_device(dev),
+                    &input_ids.to_device(dev),
+                    &attention_mask.to_device(dev),
+                    &targets.to_device(dev),
+                    alpha,
+                )?;
+                lt.push("ve", loss);
+            }
+            (m, _) => {
+                return Err(VlpError::Msg(format!(
+                    "albef {}: the batch does not belong to this variant (check data.task)",
+                    m.variant()
+                )))
+            }
+        }
+        Ok(lt)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Evaluation.
+
+/// The evaluation data of an experiment (read once, used at every evaluation).
+pub enum EvalData {
+    /// Retrieval (also zero-shot retrieval of a pretraining run).
+    Retrieval {
+        /// The gallery.
+        gallery: RetrievalGallery,
+    },
+    /// VQA: the questions (with their annotator answers) and the candidate answers.
+    Vqa {
+        /// Questions.
+        questions: Vec<VqaQuestion>,
+        /// Candidate answers (`answer_list`).
+        answers: Vec<String>,
+        /// Exact-match accuracy (easy-VQA) instead of the VQA soft accuracy.
+        exact: bool,
+    },
+    /// NLVR2: (left, right, sentence, label).
+    Nlvr2(Vec<(PathBuf, PathBuf, String, i64)>),
+    /// SNLI-VE: (image, hypothesis, label).
+    Ve(Vec<(PathBuf, String, i64)>),
+}
+
+impl std::fmt::Debug for EvalData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EvalData::Retrieval { gallery } => write!(
+                f,
+                "Retrieval({} images, {} texts)",
+                gallery.images.len(),
+                gallery.texts.len()
+            ),
+            EvalData::Vqa { questions, .. } => write!(f, "Vqa({} questions)", questions.len()),
+            EvalData::Nlvr2(v) => write!(f, "Nlvr2({})", v.len()),
+            EvalData::Ve(v) => write!(f, "Ve({})", v.len()),
+        }
+    }
+}
+
+/// Reads the evaluation split (`eval.split`) of the experiment's task.
+pub fn eval_data(exp: &ExperimentConfig) -> Result<EvalData> {
+    let split = exp.eval.split.as_str();
+    let max = exp.eval.max_samples.unwrap_or(usize::MAX);
+    Ok(match exp.data.task {
+        Task::Pretrain | Task::Retrieval => {
+            let files = need_files(exp, split)?;
+            let mut entries = karpathy::read_many(&files, &read_opts(exp))?.items;
+            entries.truncate(max);
+            EvalData::Retrieval {
+                gallery: RetrievalGallery::from_entries(&entries, prep(exp)),
+            }
+        }
+        Task::Vqa => {
+            let mut questions = read_vqa(exp, &need_files(exp, split)?)?;
+            questions.retain(|q| !q.answers.is_empty());
+            if questions.is_empty() {
+                return Err(VlpError::Msg(format!(
+                    "data.{split}_file: no question with answers to score"
+                )));
+            }
+            questions.truncate(max);
+            let list = exp.data.answer_list.as_ref().ok_or_else(|| {
+                cfg_err(&exp.source, "field `data.answer_list`: required for VQA")
+            })?;
+            let answers = vqa_data::read_answer_list(&exp.data_path(list))?;
+            EvalData::Vqa {
+                questions: questions
+                    .into_iter()
+                    .map(|mut q| {
+                        q.question = prep(exp).question(&q.question);
+                        q
+                    })
+                    .collect(),
+                answers,
+                exact: false,
+            }
+        }
+        Task::EasyVqa => {
+            let ev = easy_vqa(exp)?;
+            let mut qs = ev.read(EasySplit::Test, exp.data.skip_bad_samples)?.items;
+            qs.truncate(max);
+            let questions = qs
+                .into_iter()
+                .enumerate()
+                .map(|(i, q)| VqaQuestion {
+                    question_id: Some(i as u64),
+                    image_id: Some(q.image_id),
+                    image_rel: q.image.display().to_string(),
+                    image: q.image,
+                    question: q.question,
+                    answers: vec![q.answer],
+                    multiple_choice_answer: None,
+                    question_type: None,
+                    answer_type: None,
+                    dataset: None,
+                })
+                .collect();
+            EvalData::Vqa {
+                questions,
+                answers: ev.answers.answers().to_vec(),
+                exact: true,
+            }
+        }
+        Task::Nlvr2 => {
+            let mut v = Vec::new();
+            for f in need_files(exp, split)? {
+                for e in nlvr2::read(&f, &read_opts(exp))?.items {
+                    let [a, b] = e.images;
+                    v.push((a, b, prep(exp).caption(&e.sentence), i64::from(e.label)));
+                }
+            }
+            v.truncate(max);
+            EvalData::Nlvr2(v)
+        }
+        Task::Ve => {
+            let mut v = Vec::new();
+            for f in need_files(exp, split)? {
+                for e in snli_ve::read(&f, &read_opts(exp))?.items {
+                    v.push((
+                        e.image,
+                        prep(exp).caption(&e.sentence),
+                        e.label.index() as i64,
+                    ));
+                }
+            }
+            v.truncate(max);
+            EvalData::Ve(v)
+        }
+    })
+}
+
+/// What the evaluators need besides the model.
+#[derive(Debug, Clone)]
+pub struct EvalSetup {
+    /// Text encoding.
+    pub enc: TextEncoder,
+    /// Evaluation transform.
+    pub transform: ImageTransform,
+    /// `k_test`.
+    pub k_test: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Loader threads for gallery images.
+    pub num_workers: usize,
+}
+
+fn load_images(tf: &ImageTransform, paths: &[&Path], dev: Device) -> Result<Tensor> {
+    let mut rng = StdRng::seed_from_u64(0);
+    let imgs = paths
+        .iter()
+        .map(|p| tf.apply_path(p, &mut rng))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(stack_images(imgs)?.to_device(dev))
+}
+
+/// The unimodal encoders and ITM head of a pretraining or retrieval model, for the retrieval
+/// evaluator (ALBEF's `evaluation`: ITC top-k, ITM rerank, final score = ITM logit).
+struct AlbefRetrievalView<'a> {
+    model: &'a AlbefModel,
+    enc: &'a TextEncoder,
+    image_embeds: BTreeMap<usize, Tensor>,
+    text_embeds: BTreeMap<usize, (Tensor, Tensor)>,
+}
+
+impl AlbefRetrievalView<'_> {
+    fn device(&self) -> Device {
+        self.model.as_vlp().var_store().device()
+    }
+}
+
+fn cls(x: &Tensor) -> Tensor {
+    x.select(1, 0)
+}
+
+impl RetrievalModel for AlbefRetrievalView<'_> {
+    fn encode_images(&mut self, ids: &[usize], pixels: &Tensor) -> Result<Tensor> {
+        let px = pixels.to_device(self.device());
+        let (emb, feat) = match self.model {
+            AlbefModel::Pretrain(m) => {
+                let e = m.visual_encoder.forward_t(&px, false);
+                let f = normalize(&cls(&e).apply(&m.vision_proj));
+                (e, f)
+            }
+            AlbefModel::Retrieval(m) => m.image_features(&px)?,
+            _ => {
+                return Err(VlpError::Msg(
+                    "retrieval needs a pretrain/retrieval model".into(),
+                ))
+            }
+        };
+        for (j, &i) in ids.iter().enumerate() {
+            self.image_embeds.insert(i, emb.get(j as i64));
+        }
+        Ok(feat)
+    }
+
+    fn encode_texts(&mut self, ids: &[usize], texts: &[String]) -> Result<Tensor> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let b = self.enc.tokenizer.encode_batch(
+            &refs,
+            &EncodeOptions {
+                padding: Padding::MaxLength(self.enc.max_len),
+                max_length: Some(self.enc.max_len),
+                style: SpecialStyle::ClsOnly,
+            },
+        )?;
+        let dev = self.device();
+        let (tid, tmask) = (b.input_ids.to_device(dev), b.attention_mask.to_device(dev));
+        let (emb, feat) = match self.model {
+            AlbefModel::Pretrain(m) => {
+                let e = m.text_encoder.bert.text(&tid, &tmask, false);
+                let f = normalize(&cls(&e).apply(&m.text_proj));
+                (e, f)
+            }
+            AlbefModel::Retrieval(m) => m.text_features(&tid, &tmask)?,
+            _ => {
+                return Err(VlpError::Msg(
+                    "retrieval needs a pretrain/retrieval model".into(),
+                ))
+            }
+        };
+        for (j, &i) in ids.iter().enumerate() {
+            self.text_embeds
+                .insert(i, (emb.get(j as i64), tmask.get(j as i64)));
+        }
+        Ok(feat)
+    }
+
+    fn itm_scores(&mut self, image_idx: &[usize], text_idx: &[usize]) -> Result<Vec<f64>> {
+        let get_i = |i: &usize| {
+            self.image_embeds
+                .get(i)
+                .map(Tensor::shallow_clone)
+                .ok_or_else(|| VlpError::Msg(format!("image {i} not encoded")))
+        };
+        let imgs = Tensor::stack(&image_idx.iter().map(get_i).collect::<Result<Vec<_>>>()?, 0);
+        let mut te = Vec::new();
+        let mut tm = Vec::new();
+        for t in text_idx {
+            let (e, m) = self
+                .text_embeds
+                .get(t)
+                .ok_or_else(|| VlpError::Msg(format!("text {t} not encoded")))?;
+            te.push(e.shallow_clone());
+            tm.push(m.shallow_clone());
+        }
+        let (te, tm) = (Tensor::stack(&te, 0), Tensor::stack(&tm, 0));
+        let logits = match self.model {
+            AlbefModel::Pretrain(m) => {
+                let cross = [CrossInput {
+                    states: &imgs,
+                    mask: None,
+                }];
+                let h = m.text_encoder.bert.fusion(&te, &tm, &cross, false);
+                cls(&h).apply(&m.itm_head)
+            }
+            AlbefModel::Retrieval(m) => m.itm_logits(&te, &tm, &imgs),
+            _ => {
+                return Err(VlpError::Msg(
+                    "retrieval needs a pretrain/retrieval model".into(),
+                ))
+            }
+        };
+        Ok(Vec::<f64>::try_from(
+            logits
+                .select(1, 1)
+                .to_kind(Kind::Double)
+                .to_device(Device::Cpu),
+        )?)
+    }
+}
+
+fn accuracy_pct(correct: usize, total: usize) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * correct as f64 / total as f64
+    }
+}
+
+/// Evaluates the model (dropout off, no gradients) and returns named metrics: retrieval
+/// `txt_r1` … `r_mean` (ALBEF's names), VQA `vqa_acc` (the official soft accuracy, percent; exact
+/// match for easy-VQA), NLVR2 / SNLI-VE `acc` (percent).
+pub fn evaluate(
+    model: &mut AlbefModel,
+    data: &EvalData,
+    setup: &EvalSetup,
+) -> Result<BTreeMap<String, f64>> {
+    model.set_train(false);
+    let out = tch::no_grad(|| evaluate_inner(&*model, data, setup));
+    model.set_train(true);
+    out
+}
+
+fn evaluate_inner(
+    model: &AlbefModel,
+    data: &EvalData,
+    setup: &EvalSetup,
+) -> Result<BTreeMap<String, f64>> {
+    let dev = model.as_vlp().var_store().device();
+    let bs = setup.batch_size;
+    let mut m = BTreeMap::new();
+    match (data, model) {
+        (EvalData::Retrieval { gallery }, AlbefModel::Pretrain(_) | AlbefModel::Retrieval(_)) => {
+            let mut view = AlbefRetrievalView {
+                model,
+                enc: &setup.enc,
+                image_embeds: BTreeMap::new(),
+                text_embeds: BTreeMap::new(),
+            };
+            let mut lc = LoaderConfig::new(bs);
+            lc.num_workers = setup.num_workers;
+            let mut rc = RetrievalEvalConfig::new(setup.k_test, Fusion::ItmOnly);
+            rc.itm_batch_size = bs.max(16);
+            rc.text_batch_size = bs.max(16);
+            let report = evaluate_gallery(&mut view, gallery, setup.transform.clone(), &lc, &rc)?;
+            let v =
+                serde_json::to_value(report.metrics).map_err(|e| VlpError::Msg(e.to_string()))?;
+            if let serde_json::Value::Object(o) = v {
+                for (k, v) in o {
+                    if let Some(x) = v.as_f64() {
+                        m.insert(k, x);
+                    }
+                }
+            }
+        }
+        (
+            EvalData::Vqa {
+                questions,
+                answers,
+                exact,
+            },
+            AlbefModel::Vqa(vqa),
+        ) => {
+            let refs: Vec<&str> = answers.iter().map(String::as_str).collect();
+            let (aid, amask) = setup.enc.encode_answers(&refs)?;
+            let (aid, amask) = (aid.to_device(dev), amask.to_device(dev));
+            let k = (setup.k_test as i64).min(answers.len() as i64);
+            let mut total = 0.0;
+            for chunk in questions.chunks(bs) {
+                let paths: Vec<&Path> = chunk.iter().map(|q| q.image.as_path()).collect();
+                let img = load_images(&setup.transform, &paths, dev)?;
+                let qs: Vec<&str> = chunk.iter().map(|q| q.question.as_str()).collect();
+                let (qi, qm) = setup.enc.encode(&qs)?;
+                let (qi, qm) = (qi.to_device(dev), qm.to_device(dev));
+                let (_, states) = vqa.encode_question(&img, &qi, &qm)?;
+                let (ids, _) = vqa.rank_answer(&states, &qm, &aid, &amask, k)?;
+                let best = Vec::<i64>::try_from(ids.select(1, 0).to_device(Device::Cpu))?;
+                for (q, b) in chunk.iter().zip(best) {
+                    let pred = &answers[b as usize];
+                    total += if *exact {
+                        f64::from(u8::from(q.answers.first() == Some(pred)))
+                    } else {
+                        let gts: Vec<GtAnswer> =
+                            q.answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
+                        vqa_accuracy(pred, &gts)
+                    };
+                }
+            }
+            m.insert(
+                "vqa_acc".into(),
+                100.0 * total / questions.len().max(1) as f64,
+            );
+        }
+        (EvalData::Nlvr2(ex), AlbefModel::Nlvr2(nl)) => {
+            let mut correct = 0;
+            for chunk in ex.chunks(bs) {
+                let mut paths: Vec<&Path> = chunk.iter().map(|e| e.0.as_path()).collect();
+                paths.extend(chunk.iter().map(|e| e.1.as_path()));
+                let img = load_images(&setup.transform, &paths, dev)?;
+                let texts: Vec<&str> = chunk.iter().map(|e| e.2.as_str()).collect();
+                let (ti, tm) = setup.enc.encode(&texts)?;
+                let out = nl.forward(&img, &ti.to_device(dev), &tm.to_device(dev))?;
+                let pred =
+                    Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
+                correct += chunk.iter().zip(pred).filter(|(e, p)| e.3 == *p).count();
+            }
+            m.insert("acc".into(), accuracy_pct(correct, ex.len()));
+        }
+        (EvalData::Ve(ex), AlbefModel::Ve(ve)) => {
+            let mut correct = 0;
+            for chunk in ex.chunks(bs) {
+                let paths: Vec<&Path> = chunk.iter().map(|e| e.0.as_path()).collect();
+                let img = load_images(&setup.transform, &paths, dev)?;
+                let texts: Vec<&str> = chunk.iter().map(|e| e.1.as_str()).collect();
+                let (ti, tm) = setup.enc.encode(&texts)?;
+                let out = ve.forward(&img, &ti.to_device(dev), &tm.to_device(dev))?;
+                let pred =
+                    Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
+                correct += chunk.iter().zip(pred).filter(|(e, p)| e.2 == *p).count();
+            }
+            m.insert("acc".into(), accuracy_pct(correct, ex.len()));
+        }
+        (d, model) => {
+            return Err(VlpError::Msg(format!(
+                "albef {}: cannot evaluate {d:?}",
+                model.variant()
+            )))
+        }
+    }
+    Ok(m)
+}

@@ -1,0 +1,390 @@
+//! One experiment, one command: `vlp pretrain|finetune|eval --config FILE`. Reads the
+//! experiment, builds the model (loading `model.init` through the model's `adapt_state_dict`),
+//! the data loader and the evaluator, runs the [`Trainer`], and writes the run directory:
+//! the trainer's files plus `experiment.yaml` (the resolved experiment, from which `--resume`
+//! continues) and `eval.json` (the final metrics).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tch::Device;
+use vlp_core::{Result, VlpError};
+
+use super::albef::{
+    albef_config, check_task, eval_data, evaluate, load_init, tokenizer, train_loader, transform,
+    AlbefBatch, AlbefModel, AlbefTrainable, EvalSetup, TextEncoder,
+};
+use super::config::{ExperimentConfig, InitMode};
+use crate::train::{EvalContext, LoaderSource, RunDir, Trainer};
+
+/// The resolved experiment in a run directory.
+pub const EXPERIMENT_FILE: &str = "experiment.yaml";
+/// The final metrics in a run directory.
+pub const EVAL_FILE: &str = "eval.json";
+
+/// What to do with an experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Train a `pretrain` variant.
+    Pretrain,
+    /// Train a fine-tuning variant (usually from a pretraining checkpoint in `model.init`).
+    Finetune,
+    /// Evaluate `model.init` (or a run's latest checkpoint with `--resume DIR`).
+    Eval,
+}
+
+impl Command {
+    /// The subcommand's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Command::Pretrain => "pretrain",
+            Command::Finetune => "finetune",
+            Command::Eval => "eval",
+        }
+    }
+}
+
+/// Options of a run (the CLI's flags).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The experiment file (not needed with `resume`).
+    pub config: Option<PathBuf>,
+    /// `--set key=value` overrides (`train.max_steps=10`, `data.root=...`).
+    pub sets: Vec<String>,
+    /// The run directory (default `runs/<train.name>-<stamp>`).
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory (training), or evaluate its latest checkpoint (eval).
+    pub resume: Option<PathBuf>,
+    /// The device.
+    pub device: Device,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// Optimizer steps completed (0 for `eval`).
+    pub step: u64,
+    /// The final metrics (also in `eval.json`).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
+    VlpError::Config {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Checks that the pipeline can run `model.name` / `model.variant` for `cmd`.
+pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
+    let src = &exp.source;
+    match exp.model.name.as_str() {
+        "albef" => {}
+        "blip" => {
+            return Err(VlpError::Unsupported {
+                what: format!(
+                    "`vlp {}` for model `blip` ({}: model.name: blip): its training/evaluation pipeline is not written yet (available: albef)",
+                    cmd.name(),
+                    src.display()
+                ),
+            })
+        }
+        other => {
+            let known: Vec<&str> = vlp_models::registry::models()
+                .iter()
+                .map(|m| m.name)
+                .collect();
+            return Err(if known.contains(&other) {
+                VlpError::Unsupported {
+                    what: format!(
+                        "`vlp {}` for model `{other}` ({}): only albef has a pipeline",
+                        cmd.name(),
+                        src.display()
+                    ),
+                }
+            } else {
+                cfg_err(
+                    src,
+                    format!(
+                        "field `model.name`: unknown model `{other}` (registered: {})",
+                        known.join(", ")
+                    ),
+                )
+            });
+        }
+    }
+    let v = exp.model.variant.as_str();
+    if !vlp_models::albef::VARIANTS.contains(&v) {
+        return Err(cfg_err(
+            src,
+            format!(
+                "field `model.variant`: unknown albef variant `{v}` (available: {})",
+                vlp_models::albef::VARIANTS.join(", ")
+            ),
+        ));
+    }
+    match cmd {
+        Command::Pretrain if v != "pretrain" => {
+            return Err(cfg_err(
+                src,
+                format!("field `model.variant`: `vlp pretrain` trains the `pretrain` variant, not `{v}` (use `vlp finetune`)"),
+            ))
+        }
+        Command::Finetune if v == "pretrain" => {
+            return Err(cfg_err(
+                src,
+                "field `model.variant`: `vlp finetune` trains a fine-tuning variant (retrieval, vqa, nlvr2, ve); use `vlp pretrain`",
+            ))
+        }
+        _ => {}
+    }
+    check_task(v, exp.data.task).map_err(|e| cfg_err(src, e.to_string()))
+}
+
+/// The experiment as written into a run directory: the model config resolved inline and
+/// `data.root` absolute, so that `--resume` works from any directory.
+fn resolved(exp: &ExperimentConfig) -> Result<ExperimentConfig> {
+    let mut e = exp.clone();
+    let cfg = albef_config(exp)?;
+    e.model.config =
+        Some(serde_yaml::to_value(&cfg).map_err(|x| VlpError::Msg(format!("model config: {x}")))?);
+    let root = exp.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
+    e.data.root = Some(std::fs::canonicalize(&root).map_err(|x| VlpError::io(&root, x))?);
+    if let Some(init) = &exp.model.init {
+        e.model.init = std::fs::canonicalize(init).ok().or(Some(init.clone()));
+    }
+    e.train = exp.train_config();
+    e.eval.every = None;
+    Ok(e)
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    crate::train::checkpoint::write_atomic(path, text.as_bytes())
+}
+
+fn write_eval(
+    dir: &Path,
+    exp: &ExperimentConfig,
+    step: Option<u64>,
+    checkpoint: Option<&Path>,
+    metrics: &BTreeMap<String, f64>,
+) -> Result<()> {
+    let v = serde_json::json!({
+        "model": exp.model.name,
+        "variant": exp.model.variant,
+        "preset": exp.model.preset.name(),
+        "task": exp.data.task.name(),
+        "split": exp.eval.split,
+        "step": step,
+        "checkpoint": checkpoint.map(|p| p.display().to_string()),
+        "metrics": metrics,
+    });
+    let text = serde_json::to_string_pretty(&v).map_err(|e| VlpError::Msg(e.to_string()))?;
+    write_text(&dir.join(EVAL_FILE), &(text + "\n"))
+}
+
+fn report_init(model: &mut AlbefModel, init: &Path, mode: InitMode) -> Result<String> {
+    let rep = load_init(model, init, mode)?;
+    let mut s = format!(
+        "init: loaded {} tensors from {} ({:?})",
+        rep.loaded.len(),
+        init.display(),
+        mode
+    );
+    if !rep.is_clean() {
+        s += &format!(
+            "; missing {} (left at their initialisation), unexpected {} (ignored), mismatched {}",
+            rep.missing.len(),
+            rep.unexpected.len(),
+            rep.mismatched.len()
+        );
+    }
+    Ok(s)
+}
+
+fn has_eval_split(exp: &ExperimentConfig) -> bool {
+    exp.data.task == super::config::Task::EasyVqa || !exp.split_files(&exp.eval.split).is_empty()
+}
+
+fn eval_setup(exp: &ExperimentConfig, enc: TextEncoder) -> Result<EvalSetup> {
+    let cfg = albef_config(exp)?;
+    Ok(EvalSetup {
+        enc,
+        transform: transform(exp, &cfg, false)?,
+        k_test: exp.eval.k_test,
+        batch_size: exp.eval.batch_size,
+        num_workers: exp.data.num_workers,
+    })
+}
+
+/// Runs `cmd` (see the module docs).
+pub fn run(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
+    match cmd {
+        Command::Eval => run_eval(opts),
+        _ => run_train(cmd, opts),
+    }
+}
+
+fn set_refs(opts: &RunOptions) -> Vec<&str> {
+    opts.sets.iter().map(String::as_str).collect()
+}
+
+fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
+    let sets = set_refs(opts);
+    let (exp, mut trainer, resuming) = match &opts.resume {
+        Some(dir) => {
+            let f = dir.join(EXPERIMENT_FILE);
+            if !f.is_file() {
+                return Err(VlpError::Msg(format!(
+                    "--resume {}: no {EXPERIMENT_FILE} (not a run directory of `vlp {}`)",
+                    dir.display(),
+                    cmd.name()
+                )));
+            }
+            let exp = ExperimentConfig::load(&f, &sets)?;
+            check_model(&exp, cmd)?;
+            let train_sets: Vec<&str> = sets
+                .iter()
+                .filter_map(|s| s.strip_prefix("train."))
+                .collect();
+            let trainer = Trainer::resume(dir, &train_sets)?;
+            if !sets.is_empty() {
+                write_text(&f, &resolved(&exp)?.to_yaml()?)?;
+            }
+            (exp, trainer, true)
+        }
+        None => {
+            let config = opts.config.as_ref().ok_or_else(|| {
+                VlpError::Msg(format!(
+                    "`vlp {}` needs --config FILE (or --resume DIR)",
+                    cmd.name()
+                ))
+            })?;
+            let exp = ExperimentConfig::load(config, &sets)?;
+            check_model(&exp, cmd)?;
+            let res = resolved(&exp)?;
+            let trainer = Trainer::new(exp.train_config(), opts.out.clone())?;
+            write_text(
+                &trainer.run_dir().root().join(EXPERIMENT_FILE),
+                &res.to_yaml()?,
+            )?;
+            (exp, trainer, false)
+        }
+    };
+    let cfg = albef_config(&exp)?;
+    let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
+    if !resuming {
+        if let Some(init) = &exp.model.init {
+            let line = report_init(&mut model, init, exp.model.init_mode)?;
+            eprintln!("{line}");
+            let log = trainer.run_dir().log_path();
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&log)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+                });
+        }
+    }
+    let enc = TextEncoder {
+        tokenizer: Arc::new(tokenizer(&exp)?),
+        max_len: exp.data.max_text_len,
+    };
+    let loader = train_loader(&exp, &cfg, enc.clone())?;
+    let mut source = LoaderSource::new(loader, |b: &AlbefBatch| b.len());
+    let mut trainable = AlbefTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    let outcome = if has_eval_split(&exp) {
+        let data = eval_data(&exp)?;
+        let setup = eval_setup(&exp, enc)?;
+        let mut evaluator =
+            |m: &mut AlbefTrainable, _ctx: &EvalContext| evaluate(&mut m.model, &data, &setup);
+        trainer.fit(&mut trainable, &mut source, Some(&mut evaluator))?
+    } else {
+        trainer.fit(&mut trainable, &mut source, None)?
+    };
+    let metrics = outcome
+        .evals
+        .last()
+        .map(|e| e.metrics.clone())
+        .unwrap_or_default();
+    write_eval(
+        &outcome.run_dir,
+        &exp,
+        Some(outcome.step),
+        outcome.last_checkpoint.as_deref(),
+        &metrics,
+    )?;
+    Ok(RunSummary {
+        run_dir: outcome.run_dir,
+        step: outcome.step,
+        metrics,
+    })
+}
+
+fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
+    let sets = set_refs(opts);
+    let exp = match (&opts.config, &opts.resume) {
+        (Some(c), _) => ExperimentConfig::load(c, &sets)?,
+        (None, Some(dir)) => ExperimentConfig::load(dir.join(EXPERIMENT_FILE), &sets)?,
+        (None, None) => {
+            return Err(VlpError::Msg(
+                "`vlp eval` needs --config FILE or --resume RUN_DIR".into(),
+            ))
+        }
+    };
+    check_model(&exp, Command::Eval)?;
+    let cfg = albef_config(&exp)?;
+    let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
+    let ckpt: Option<PathBuf> = match (&opts.resume, &exp.model.init) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Some(init)) => Some(init.clone()),
+        (None, None) => None,
+    };
+    match &ckpt {
+        Some(p) => {
+            let mode = if opts.resume.is_some() {
+                InitMode::Strict
+            } else {
+                exp.model.init_mode
+            };
+            eprintln!("{}", report_init(&mut model, p, mode)?);
+        }
+        None => eprintln!(
+            "warning: no model.init: evaluating a randomly initialised {} model",
+            exp.model.variant
+        ),
+    }
+    let out = match (&opts.out, &opts.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => RunDir::default_path(&format!("{}-eval", exp.train.name)),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| VlpError::io(&out, e))?;
+    if opts.resume.as_deref() != Some(out.as_path()) {
+        write_text(&out.join(EXPERIMENT_FILE), &resolved(&exp)?.to_yaml()?)?;
+    }
+    let enc = TextEncoder {
+        tokenizer: Arc::new(tokenizer(&exp)?),
+        max_len: exp.data.max_text_len,
+    };
+    let data = eval_data(&exp)?;
+    let setup = eval_setup(&exp, enc)?;
+    let metrics = evaluate(&mut model, &data, &setup)?;
+    let resolved_ckpt = ckpt
+        .as_deref()
+        .map(super::albef::resolve_init)
+        .transpose()?;
+    write_eval(&out, &exp, None, resolved_ckpt.as_deref(), &metrics)?;
+    Ok(RunSummary {
+        run_dir: out,
+        step: 0,
+        metrics,
+    })
+}
