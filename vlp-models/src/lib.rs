@@ -13,6 +13,7 @@
 pub mod albef;
 pub mod bert;
 pub mod blip;
+mod common;
 pub mod parity;
 pub mod registry;
 

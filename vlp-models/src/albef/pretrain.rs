@@ -14,9 +14,10 @@
 //! buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
 use super::{
     check_image, check_text, cls_token, complete_tied, init_momentum, input_on,
-    interpolate_pos_embeds, mlm_tied_pairs, momentum_update, normalize, scalar_input, AlbefBert,
-    AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
+    interpolate_pos_embeds, mlm_tied_pairs, momentum_update, normalize, scalar_input, AlbefConfig,
+    AlbefMaskedLm, MomentumPairs, SpecialTokens,
 };
+use crate::common::{itm_hard_negatives, ItmStep};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -25,7 +26,7 @@ use vlp_core::layers::linear;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itc::{itc_with_queue, ItcQueueInputs, ItcQueueOutput};
-use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
+use vlp_objectives::itm::{HardNegativeSampler, NegativeDraws};
 use vlp_objectives::mlm::{Mlm, MlmDraws, MlmMasker};
 
 /// The online/momentum module pairs of `model_pretrain.py` (`self.model_pairs`).
@@ -226,74 +227,6 @@ pub(crate) fn random_queue(e: i64, q: i64, device: Device) -> Tensor {
         .clamp_min(1e-12)
 }
 
-/// The ITM part shared by pretraining and retrieval: fuses the `2B` negative pairs
-/// `[text ; text[neg_text]]` × `[image[neg_image] ; image]` and returns `(fusion_neg, logits)`
-/// with logits rows `[pos B ; neg-image B ; neg-text B]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn itm_forward(
-    bert: &AlbefBert,
-    itm_head: &nn::Linear,
-    text_embeds: &Tensor,
-    mask: &Tensor,
-    image_embeds: &Tensor,
-    fusion_pos: &Tensor,
-    neg: &NegativeDraws,
-    train: bool,
-) -> Result<(Tensor, Tensor)> {
-    let b = text_embeds.size()[0];
-    for (name, idx) in [
-        ("itm_neg_image_idx", &neg.neg_image_idx),
-        ("itm_neg_text_idx", &neg.neg_text_idx),
-    ] {
-        let ok = idx.size() == [b]
-            && (b == 0 || (idx.min().int64_value(&[]) >= 0 && idx.max().int64_value(&[]) < b));
-        if !ok {
-            return Err(VlpError::input(
-                name,
-                format!("expected [{b}] indices in 0..{b}, got {:?}", idx.size()),
-            ));
-        }
-    }
-    let dev = text_embeds.device();
-    let ni = neg.neg_image_idx.to_device(dev);
-    let nt = neg.neg_text_idx.to_device(dev);
-    let image_all = Tensor::cat(
-        &[
-            image_embeds.index_select(0, &ni),
-            image_embeds.shallow_clone(),
-        ],
-        0,
-    );
-    let text_all = Tensor::cat(
-        &[
-            text_embeds.shallow_clone(),
-            text_embeds.index_select(0, &nt),
-        ],
-        0,
-    );
-    let mask_all = Tensor::cat(&[mask.shallow_clone(), mask.index_select(0, &nt)], 0);
-    let cross = [CrossInput {
-        states: &image_all,
-        mask: None,
-    }];
-    let fusion_neg = bert.fusion(&text_all, &mask_all, &cross, train);
-    let vl = Tensor::cat(&[cls_token(fusion_pos), cls_token(&fusion_neg)], 0);
-    Ok((fusion_neg, vl.apply(itm_head)))
-}
-
-/// The ITM loss over the logits, dropping the rows of invalid (absent) negatives.
-pub(crate) fn itm_loss(logits: &Tensor, neg: &NegativeDraws) -> Result<Tensor> {
-    let itm = Itm::default();
-    if neg.all_valid() {
-        itm.try_loss(logits, None)
-    } else {
-        itm.try_loss(
-            logits,
-            Some(&neg.itm_keep_mask().to_device(logits.device())),
-        )
-    }
-}
-
 impl AlbefPretrain {
     /// Builds the model (momentum copies initialised from the online weights, queues random
     /// unit columns, `queue_ptr` 0) on `device`.
@@ -416,32 +349,30 @@ impl AlbefPretrain {
         })?;
 
         // ITM with hard negatives.
+        let itm = itm_hard_negatives(
+            ItmStep {
+                sampler: HardNegativeSampler::albef(),
+                sim_i2t: &sim_i2t.narrow(1, 0, b),
+                sim_t2i: &sim_t2i.narrow(1, 0, b),
+                positives: None,
+                draws: draws.negatives,
+                text: &text_embeds,
+                mask,
+                image_embeds: &image_embeds,
+                itm_head: &self.itm_head,
+            },
+            |t, m, i| {
+                let cross = [CrossInput {
+                    states: i,
+                    mask: None,
+                }];
+                self.text_encoder.bert.fusion(t, m, &cross, train)
+            },
+        )?;
         let cross = [CrossInput {
             states: &image_embeds,
             mask: None,
         }];
-        let fusion_pos = self
-            .text_encoder
-            .bert
-            .fusion(&text_embeds, mask, &cross, train);
-        let sampler = HardNegativeSampler::albef();
-        let w_i2t = sampler.try_weights(&sim_i2t.narrow(1, 0, b), None)?;
-        let w_t2i = sampler.try_weights(&sim_t2i.narrow(1, 0, b), None)?;
-        let negatives = match draws.negatives {
-            Some(d) => d,
-            None => sampler.sample(&w_t2i, &w_i2t)?,
-        };
-        let (fusion_neg, itm_logits) = itm_forward(
-            &self.text_encoder.bert,
-            &self.itm_head,
-            &text_embeds,
-            mask,
-            &image_embeds,
-            &fusion_pos,
-            &negatives,
-            train,
-        )?;
-        let loss_itm = itm_loss(&itm_logits, &negatives)?;
 
         // MLM with distillation.
         let masker = self.masker();
@@ -480,7 +411,6 @@ impl AlbefPretrain {
 
         Ok(PretrainOutput {
             loss_ita,
-            loss_itm,
             loss_mlm,
             image_embeds,
             text_embeds,
@@ -493,12 +423,13 @@ impl AlbefPretrain {
             sim_t2i,
             sim_i2t_m,
             sim_t2i_m,
-            itm_weights_t2i: w_t2i,
-            itm_weights_i2t: w_i2t,
-            negatives,
-            fusion_pos,
-            fusion_neg,
-            itm_logits,
+            loss_itm: itm.loss,
+            itm_weights_t2i: itm.weights_t2i,
+            itm_weights_i2t: itm.weights_i2t,
+            negatives: itm.negatives,
+            fusion_pos: itm.fusion_pos,
+            fusion_neg: itm.fusion_neg,
+            itm_logits: itm.logits,
             mlm_input_ids,
             mlm_labels,
             mlm_logits,

@@ -14,12 +14,13 @@
 //!
 //! Keys: as pretraining but `text_encoder.*` is a `BertModel` (no `bert.` infix, no MLM head),
 //! plus the buffer `idx_queue` `[1, Q]`.
-use super::pretrain::{itm_forward, itm_loss, random_queue, PRETRAIN_PAIRS};
+use super::pretrain::{random_queue, PRETRAIN_PAIRS};
 use super::{
     check_image, check_text, cls_token, drop_prefixes, has_pretrain_layout, init_momentum,
     interpolate_pos_embeds, momentum_update, normalize, rename_pretrain_text, scalar_input,
     AlbefBert, AlbefConfig, MomentumPairs,
 };
+use crate::common::{itm_hard_negatives, ItmStep};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -319,40 +320,34 @@ impl AlbefRetrieval {
             distill: self.cfg.distill,
         })?;
 
-        let cross = [CrossInput {
-            states: &image_embeds,
-            mask: None,
-        }];
-        let fusion_pos = self
-            .text_encoder
-            .fusion(&text_embeds, attention_mask, &cross, train);
-        let sampler = HardNegativeSampler::albef();
-        let positives = same_id_positives(&idx);
         // `softmax(sim[:, :bs] + 1e-4)`: the shift is kept for bit-faithfulness.
-        let w_i2t = sampler.try_weights(&(sim_i2t.narrow(1, 0, b) + 1e-4), Some(&positives))?;
-        let w_t2i = sampler.try_weights(&(sim_t2i.narrow(1, 0, b) + 1e-4), Some(&positives))?;
-        let negatives = match negatives {
-            Some(d) => d,
-            None => sampler.sample(&w_t2i, &w_i2t)?,
-        };
-        let (_, itm_logits) = itm_forward(
-            &self.text_encoder,
-            &self.itm_head,
-            &text_embeds,
-            attention_mask,
-            &image_embeds,
-            &fusion_pos,
-            &negatives,
-            train,
+        let itm = itm_hard_negatives(
+            ItmStep {
+                sampler: HardNegativeSampler::albef(),
+                sim_i2t: &(sim_i2t.narrow(1, 0, b) + 1e-4),
+                sim_t2i: &(sim_t2i.narrow(1, 0, b) + 1e-4),
+                positives: Some(&same_id_positives(&idx)),
+                draws: negatives,
+                text: &text_embeds,
+                mask: attention_mask,
+                image_embeds: &image_embeds,
+                itm_head: &self.itm_head,
+            },
+            |t, m, i| {
+                let cross = [CrossInput {
+                    states: i,
+                    mask: None,
+                }];
+                self.text_encoder.fusion(t, m, &cross, train)
+            },
         )?;
-        let loss_itm = itm_loss(&itm_logits, &negatives)?;
         Ok(RetrievalTrainOutput {
             loss_ita,
-            loss_itm,
-            itm_logits,
-            itm_weights_t2i: w_t2i,
-            itm_weights_i2t: w_i2t,
-            negatives,
+            loss_itm: itm.loss,
+            itm_logits: itm.logits,
+            itm_weights_t2i: itm.weights_t2i,
+            itm_weights_i2t: itm.weights_i2t,
+            negatives: itm.negatives,
             image_feat_m,
             text_feat_m,
         })

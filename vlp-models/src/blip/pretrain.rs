@@ -23,11 +23,12 @@ use super::{
     lm_targets, opt_input, register_alias, with_first_token, AttnBlock, BlipConfig, BlipTokens,
     Ffn, MedBert,
 };
-use crate::albef::pretrain::{itm_loss, random_queue, PRETRAIN_PAIRS};
+use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
 use crate::albef::{
     causal_text_mask, check_image, check_text, cls_token, complete_tied, init_momentum, input_on,
     interpolate_pos_embeds, momentum_update, normalize, scalar_input, MlmHead,
 };
+use crate::common::{itm_hard_negatives, ItmStep};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -381,27 +382,20 @@ impl BlipPretrain {
             None => with_first_token(ids, self.tokens.enc),
         };
         check_text(&enc_ids, mask, "encoder_input_ids")?;
-        let fusion_pos = self
-            .text_encoder
-            .multimodal(&enc_ids, mask, &image_embeds, None, train);
-        let sampler = HardNegativeSampler::blip_pretrain();
-        let w_t2i = sampler.try_weights(&sim_t2i.narrow(1, 0, b), None)?;
-        let w_i2t = sampler.try_weights(&sim_i2t.narrow(1, 0, b), None)?;
-        let negatives = match negatives {
-            Some(d) => d,
-            None => sampler.sample(&w_t2i, &w_i2t)?,
-        };
-        let (fusion_neg, itm_logits) = itm_pairs(
-            &self.text_encoder,
-            &self.itm_head,
-            &enc_ids,
-            mask,
-            &image_embeds,
-            &fusion_pos,
-            &negatives,
-            train,
+        let itm = itm_hard_negatives(
+            ItmStep {
+                sampler: HardNegativeSampler::blip_pretrain(),
+                sim_i2t: &sim_i2t.narrow(1, 0, b),
+                sim_t2i: &sim_t2i.narrow(1, 0, b),
+                positives: None,
+                draws: negatives,
+                text: &enc_ids,
+                mask,
+                image_embeds: &image_embeds,
+                itm_head: &self.itm_head,
+            },
+            |ids, m, i| self.text_encoder.multimodal(ids, m, i, None, train),
         )?;
-        let loss_itm = itm_loss(&itm_logits, &negatives)?;
 
         // LM: image-grounded decoder with [DEC].
         let dec_ids = match batch.decoder_input_ids {
@@ -417,7 +411,7 @@ impl BlipPretrain {
 
         Ok(PretrainOutput {
             loss_ita,
-            loss_itm,
+            loss_itm: itm.loss,
             loss_lm,
             image_embeds,
             text_embeds,
@@ -429,66 +423,16 @@ impl BlipPretrain {
             sim_t2i,
             sim_i2t_m,
             sim_t2i_m,
-            itm_weights_t2i: w_t2i,
-            itm_weights_i2t: w_i2t,
-            negatives,
-            fusion_pos,
-            fusion_neg,
-            itm_logits,
+            itm_weights_t2i: itm.weights_t2i,
+            itm_weights_i2t: itm.weights_i2t,
+            negatives: itm.negatives,
+            fusion_pos: itm.fusion_pos,
+            fusion_neg: itm.fusion_neg,
+            itm_logits: itm.logits,
             decoder_logits,
             temp: self.temp.detach().copy(),
         })
     }
-}
-
-/// Checks `[B]` negative indices in `0..b`.
-pub(crate) fn check_negatives(neg: &NegativeDraws, b: i64) -> Result<()> {
-    for (name, idx) in [
-        ("itm_neg_image_idx", &neg.neg_image_idx),
-        ("itm_neg_text_idx", &neg.neg_text_idx),
-    ] {
-        let ok = idx.size() == [b]
-            && (b == 0 || (idx.min().int64_value(&[]) >= 0 && idx.max().int64_value(&[]) < b));
-        if !ok {
-            return Err(VlpError::input(
-                name,
-                format!("expected [{b}] indices in 0..{b}, got {:?}", idx.size()),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The BLIP ITM negatives (pretraining and retrieval fine-tuning): the image-grounded encoder over
-/// `[enc_ids ; enc_ids[neg_text]]` × `[image[neg_image] ; image]`; returns `(fusion_neg
-/// [2B, L, D], logits [3B, 2])` with logits rows `[pos B ; neg-image B ; neg-text B]`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn itm_pairs(
-    encoder: &MedBert,
-    itm_head: &nn::Linear,
-    enc_ids: &Tensor,
-    mask: &Tensor,
-    image_embeds: &Tensor,
-    fusion_pos: &Tensor,
-    neg: &NegativeDraws,
-    train: bool,
-) -> Result<(Tensor, Tensor)> {
-    check_negatives(neg, enc_ids.size()[0])?;
-    let dev = enc_ids.device();
-    let ni = neg.neg_image_idx.to_device(dev);
-    let nt = neg.neg_text_idx.to_device(dev);
-    let image_all = Tensor::cat(
-        &[
-            image_embeds.index_select(0, &ni),
-            image_embeds.shallow_clone(),
-        ],
-        0,
-    );
-    let ids_all = Tensor::cat(&[enc_ids.shallow_clone(), enc_ids.index_select(0, &nt)], 0);
-    let mask_all = Tensor::cat(&[mask.shallow_clone(), mask.index_select(0, &nt)], 0);
-    let fusion_neg = encoder.multimodal(&ids_all, &mask_all, &image_all, None, train);
-    let vl = Tensor::cat(&[cls_token(fusion_pos), cls_token(&fusion_neg)], 0);
-    Ok((fusion_neg, vl.apply(itm_head)))
 }
 
 /// Checks the tied pairs of the pretraining decoder in `sd` and fills a copy a checkpoint omits

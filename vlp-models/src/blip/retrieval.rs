@@ -19,13 +19,13 @@
 //! Keys: `visual_encoder.*`, `text_encoder.*`, `vision_proj`, `text_proj`, `itm_head`, `temp`, the
 //! momentum copies `*_m.*`, `image_queue`, `text_queue`, `idx_queue` `[1, Q]` and `ptr_queue`
 //! (sic, not `queue_ptr`).
-use super::pretrain::itm_pairs;
 use super::{opt_input, with_first_token, BlipConfig, BlipTokens, MedBert};
-use crate::albef::pretrain::{itm_loss, random_queue, PRETRAIN_PAIRS};
+use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
 use crate::albef::{
     check_image, check_text, cls_token, init_momentum, interpolate_pos_embeds, momentum_update,
     normalize, scalar_input, MomentumPairs,
 };
+use crate::common::{itm_hard_negatives, ItmStep};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -421,41 +421,34 @@ impl BlipRetrieval {
         .loss;
 
         let enc_ids = with_first_token(input_ids, self.tokens.enc);
-        let fusion_pos =
-            self.text_encoder
-                .multimodal(&enc_ids, attention_mask, &image_embeds, None, train);
-        let positives = same_id_positives(&idx);
-        let sampler = HardNegativeSampler::albef();
-        let (w_i2t, w_t2i) = tch::no_grad(|| -> Result<_> {
-            let s_i2t = image_feat.matmul(&text_feat.tr()) / &temp;
-            let s_t2i = text_feat.matmul(&image_feat.tr()) / &temp;
-            Ok((
-                sampler.try_weights(&s_i2t, Some(&positives))?,
-                sampler.try_weights(&s_t2i, Some(&positives))?,
-            ))
-        })?;
-        let negatives = match negatives {
-            Some(d) => d,
-            None => sampler.sample(&w_t2i, &w_i2t)?,
-        };
-        let (_, itm_logits) = itm_pairs(
-            &self.text_encoder,
-            &self.itm_head,
-            &enc_ids,
-            attention_mask,
-            &image_embeds,
-            &fusion_pos,
-            &negatives,
-            train,
+        // Negatives from the in-batch online similarities (no queue columns, no epsilon).
+        let (s_i2t, s_t2i) = tch::no_grad(|| {
+            (
+                image_feat.matmul(&text_feat.tr()) / &temp,
+                text_feat.matmul(&image_feat.tr()) / &temp,
+            )
+        });
+        let itm = itm_hard_negatives(
+            ItmStep {
+                sampler: HardNegativeSampler::albef(),
+                sim_i2t: &s_i2t,
+                sim_t2i: &s_t2i,
+                positives: Some(&same_id_positives(&idx)),
+                draws: negatives,
+                text: &enc_ids,
+                mask: attention_mask,
+                image_embeds: &image_embeds,
+                itm_head: &self.itm_head,
+            },
+            |ids, m, i| self.text_encoder.multimodal(ids, m, i, None, train),
         )?;
-        let loss_itm = itm_loss(&itm_logits, &negatives)?;
         Ok(RetrievalTrainOutput {
             loss_ita,
-            loss_itm,
-            itm_logits,
-            itm_weights_t2i: w_t2i,
-            itm_weights_i2t: w_i2t,
-            negatives,
+            loss_itm: itm.loss,
+            itm_logits: itm.logits,
+            itm_weights_t2i: itm.weights_t2i,
+            itm_weights_i2t: itm.weights_i2t,
+            negatives: itm.negatives,
             image_feat_m,
             text_feat_m,
         })

@@ -1,0 +1,125 @@
+//! Model-side pieces shared by the ALBEF and BLIP ports (the project rule: ITC with queue and
+//! distillation, ITM hard negatives and momentum parts are reused, not copied). The tensor-only
+//! steps live in `vlp_objectives` ([`vlp_objectives::itc::itc_with_queue`],
+//! [`HardNegativeSampler`], [`Itm`]); what needs a model's fusion encoder is here.
+use crate::albef::cls_token;
+use tch::{nn, Tensor};
+use vlp_core::{Result, VlpError};
+use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
+
+/// The inputs of one ITM-with-hard-negatives step ([`itm_hard_negatives`]). `B` = batch.
+#[derive(Debug)]
+pub(crate) struct ItmStep<'a> {
+    /// The sampler (its epsilon: BLIP pretraining `1e-4`, the others 0).
+    pub sampler: HardNegativeSampler,
+    /// `[B, B]` in-batch image-to-text logits: the weights of each image's negative texts.
+    pub sim_i2t: &'a Tensor,
+    /// `[B, B]` in-batch text-to-image logits: the weights of each text's negative images.
+    pub sim_t2i: &'a Tensor,
+    /// `[B, B]` bool pairs never drawn (same image id); `None` = the diagonal.
+    pub positives: Option<&'a Tensor>,
+    /// Recorded draws (fixtures); `None` = drawn with torch's global generator.
+    pub draws: Option<NegativeDraws>,
+    /// `[B, L, ...]` the text side handed to the fusion: ALBEF text states `[B, L, D]`, BLIP
+    /// `[ENC]` ids `[B, L]`.
+    pub text: &'a Tensor,
+    /// `[B, L]` text padding mask.
+    pub mask: &'a Tensor,
+    /// `[B, 1+P, D]` image states.
+    pub image_embeds: &'a Tensor,
+    /// `itm_head` (hidden → 2) applied to the fused `[CLS]`.
+    pub itm_head: &'a nn::Linear,
+}
+
+/// What [`itm_hard_negatives`] computes.
+#[derive(Debug)]
+pub(crate) struct ItmStepOutput {
+    /// `[B, B]` multinomial weights of the negative images of each text.
+    pub weights_t2i: Tensor,
+    /// `[B, B]` multinomial weights of the negative texts of each image.
+    pub weights_i2t: Tensor,
+    /// The negatives used (with the `valid` mask of degenerate rows).
+    pub negatives: NegativeDraws,
+    /// `[B, L, D]` fusion output of the positive pairs.
+    pub fusion_pos: Tensor,
+    /// `[2B, L, D]` fusion output of `[text ; text[neg_text]]` × `[image[neg_image] ; image]`.
+    pub fusion_neg: Tensor,
+    /// `[3B, 2]` ITM logits, rows `[pos B ; neg-image B ; neg-text B]`.
+    pub logits: Tensor,
+    /// ITM loss, the rows of invalid (absent) negatives dropped.
+    pub loss: Tensor,
+}
+
+/// Checks `[B]` negative indices in `0..b`.
+pub(crate) fn check_negatives(neg: &NegativeDraws, b: i64) -> Result<()> {
+    for (name, idx) in [
+        ("itm_neg_image_idx", &neg.neg_image_idx),
+        ("itm_neg_text_idx", &neg.neg_text_idx),
+    ] {
+        let ok = idx.size() == [b]
+            && (b == 0 || (idx.min().int64_value(&[]) >= 0 && idx.max().int64_value(&[]) < b));
+        if !ok {
+            return Err(VlpError::input(
+                name,
+                format!("expected [{b}] indices in 0..{b}, got {:?}", idx.size()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The ITM loss over the logits, dropping the rows of invalid (absent) negatives.
+pub(crate) fn itm_loss(logits: &Tensor, neg: &NegativeDraws) -> Result<Tensor> {
+    let itm = Itm::default();
+    if neg.all_valid() {
+        itm.try_loss(logits, None)
+    } else {
+        itm.try_loss(
+            logits,
+            Some(&neg.itm_keep_mask().to_device(logits.device())),
+        )
+    }
+}
+
+/// ITM with hard negatives (ALBEF/BLIP pretraining and retrieval fine-tuning), in the official
+/// order: fusion of the positive pairs, sampling weights, draws (unless injected), fusion of the
+/// `2B` negative pairs, `itm_head` on the `[CLS]` of `[pos ; neg]`, loss.
+/// `fuse(text, mask, image_states) -> [N, L, D]` is the model's fusion encoder.
+pub(crate) fn itm_hard_negatives(
+    x: ItmStep,
+    fuse: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+) -> Result<ItmStepOutput> {
+    let fusion_pos = fuse(x.text, x.mask, x.image_embeds);
+    let weights_i2t = x.sampler.try_weights(x.sim_i2t, x.positives)?;
+    let weights_t2i = x.sampler.try_weights(x.sim_t2i, x.positives)?;
+    let negatives = match x.draws {
+        Some(d) => d,
+        None => x.sampler.sample(&weights_t2i, &weights_i2t)?,
+    };
+    check_negatives(&negatives, x.text.size()[0])?;
+    let dev = x.text.device();
+    let ni = negatives.neg_image_idx.to_device(dev);
+    let nt = negatives.neg_text_idx.to_device(dev);
+    let image_all = Tensor::cat(
+        &[
+            x.image_embeds.index_select(0, &ni),
+            x.image_embeds.shallow_clone(),
+        ],
+        0,
+    );
+    let text_all = Tensor::cat(&[x.text.shallow_clone(), x.text.index_select(0, &nt)], 0);
+    let mask_all = Tensor::cat(&[x.mask.shallow_clone(), x.mask.index_select(0, &nt)], 0);
+    let fusion_neg = fuse(&text_all, &mask_all, &image_all);
+    let vl = Tensor::cat(&[cls_token(&fusion_pos), cls_token(&fusion_neg)], 0);
+    let logits = vl.apply(x.itm_head);
+    let loss = itm_loss(&logits, &negatives)?;
+    Ok(ItmStepOutput {
+        weights_t2i,
+        weights_i2t,
+        negatives,
+        fusion_pos,
+        fusion_neg,
+        logits,
+        loss,
+    })
+}
