@@ -2,7 +2,7 @@
 //! distillation, ITM hard negatives and momentum parts are reused, not copied). The tensor-only
 //! steps live in `vlp_objectives` ([`vlp_objectives::itc::itc_with_queue`],
 //! [`HardNegativeSampler`], [`Itm`]); what needs a model's fusion encoder is here.
-use crate::albef::cls_token;
+use crate::albef::{cls_token, normalize};
 use tch::{nn, Tensor};
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
@@ -122,4 +122,28 @@ pub(crate) fn itm_hard_negatives(
         logits,
         loss,
     })
+}
+
+/// Implements [`crate::VlpModel::var_store`] / [`crate::VlpModel::var_store_mut`] over the
+/// model's `vs: VarStore` field (use inside `impl VlpModel for ...`).
+macro_rules! var_store_accessors {
+    () => {
+        fn var_store(&self) -> &tch::nn::VarStore {
+            &self.vs
+        }
+        fn var_store_mut(&mut self) -> &mut tch::nn::VarStore {
+            &mut self.vs
+        }
+    };
+}
+pub(crate) use var_store_accessors;
+
+/// The ViT position embeddings of a model with momentum copies, interpolated to the model's
+/// patch grid by every ALBEF/BLIP loader (`interpolate_pos_embed`).
+pub(crate) const POS_EMBED_KEYS: &[&str] =
+    &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"];
+
+/// `normalize(proj(states[:, 0]))`: the `[B, E]` ITC feature of `[B, L, D]` encoder states.
+pub(crate) fn project_cls(states: &Tensor, proj: &nn::Linear) -> Tensor {
+    normalize(&cls_token(states).apply(proj))
 }

@@ -742,6 +742,33 @@ pub fn build(
     })
 }
 
+/// The VE / NLVR2 training loss (`train=True`): checks `targets` (`[B]` class ids), then, when the
+/// model has momentum copies, updates them (`pairs`, [`FINETUNE_MOMENTUM`]) and runs
+/// `momentum_logits` without gradient; returns [`distilled_ce`] of `logits` `[B, C]`.
+pub(crate) fn classifier_train_loss(
+    vs: &VarStore,
+    pairs: MomentumPairs,
+    logits: &Tensor,
+    targets: &Tensor,
+    alpha: f64,
+    momentum_logits: Option<impl FnOnce() -> Tensor>,
+) -> Result<Tensor> {
+    if targets.size() != [logits.size()[0]] {
+        return Err(VlpError::input(
+            "targets",
+            format!("expected [B], got {:?}", targets.size()),
+        ));
+    }
+    let pred_m = match momentum_logits {
+        None => None,
+        Some(f) => Some(tch::no_grad(|| -> Result<Tensor> {
+            momentum_update(vs, pairs, FINETUNE_MOMENTUM)?;
+            Ok(f())
+        })?),
+    };
+    Ok(distilled_ce(logits, targets, pred_m.as_ref(), alpha))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

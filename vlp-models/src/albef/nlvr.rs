@@ -19,11 +19,11 @@
 //! one from the other if a de-duplicated checkpoint lacks it.
 use super::ve::{ClassifierMomentum, ClassifierOutput};
 use super::{
-    check_image, check_text, cls_token, complete_tied, distilled_ce, drop_prefixes,
-    has_pretrain_layout, init_momentum, input_on, interpolate_pos_embeds, momentum_update,
-    scalar_input, AlbefBert, AlbefConfig, ClsHead, MomentumPairs, FINETUNE_MOMENTUM,
-    PRETRAIN_ONLY_PREFIXES,
+    check_image, check_text, classifier_train_loss, cls_token, complete_tied, drop_prefixes,
+    has_pretrain_layout, init_momentum, input_on, interpolate_pos_embeds, scalar_input, AlbefBert,
+    AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
 };
+use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -236,17 +236,9 @@ impl AlbefNlvr {
         alpha: f64,
     ) -> Result<Tensor> {
         let out = self.forward(images, input_ids, attention_mask)?;
-        if targets.size() != [out.logits.size()[0]] {
-            return Err(VlpError::input(
-                "targets",
-                format!("expected [B], got {:?}", targets.size()),
-            ));
-        }
-        let pred_m = match &self.momentum {
-            None => None,
-            Some(m) => Some(tch::no_grad(|| -> Result<Tensor> {
-                momentum_update(&self.vs, NLVR_PAIRS, FINETUNE_MOMENTUM)?;
-                let (_, l) = Self::logits_of(
+        let momentum_logits = self.momentum.as_ref().map(|m| {
+            move || {
+                Self::logits_of(
                     &m.visual_encoder_m,
                     &m.text_encoder_m,
                     &m.cls_head_m,
@@ -254,11 +246,18 @@ impl AlbefNlvr {
                     input_ids,
                     attention_mask,
                     self.train,
-                );
-                Ok(l)
-            })?),
-        };
-        Ok(distilled_ce(&out.logits, targets, pred_m.as_ref(), alpha))
+                )
+                .1
+            }
+        });
+        classifier_train_loss(
+            &self.vs,
+            NLVR_PAIRS,
+            &out.logits,
+            targets,
+            alpha,
+            momentum_logits,
+        )
     }
 }
 
@@ -294,12 +293,7 @@ fn replicate_pretrain_layers(sd: &mut StateDict) -> Result<()> {
 }
 
 impl VlpModel for AlbefNlvr {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `NLVR.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid. The tied
     /// cross-attention entries (layers (6,7), …, (16,17), key/value weight/bias) must be equal;
     /// one missing is filled from its partner. A pretraining checkpoint (`text_encoder.bert.*`)
@@ -308,11 +302,7 @@ impl VlpModel for AlbefNlvr {
     /// with `LoadMode::Partial`, as the official `strict=False`).
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
             replicate_pretrain_layers(&mut sd)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

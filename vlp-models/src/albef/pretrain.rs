@@ -13,11 +13,13 @@
 //! `vision_proj.*`, `text_proj.*`, `itm_head.*`, `temp`, the momentum copies `*_m.*`, and the
 //! buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
 use super::{
-    check_image, check_text, cls_token, complete_tied, init_momentum, input_on,
-    interpolate_pos_embeds, mlm_tied_pairs, momentum_update, normalize, scalar_input, AlbefConfig,
-    AlbefMaskedLm, MomentumPairs, SpecialTokens,
+    check_image, check_text, complete_tied, init_momentum, input_on, interpolate_pos_embeds,
+    mlm_tied_pairs, momentum_update, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs,
+    SpecialTokens,
 };
-use crate::common::{itm_hard_negatives, ItmStep};
+use crate::common::{
+    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -316,16 +318,16 @@ impl AlbefPretrain {
         let temp = self.temp.shallow_clone();
 
         let image_embeds = self.visual_encoder.forward_t(image, train);
-        let image_feat = normalize(&cls_token(&image_embeds).apply(&self.vision_proj));
+        let image_feat = project_cls(&image_embeds, &self.vision_proj);
         let text_embeds = self.text_encoder.bert.text(ids, mask, train);
-        let text_feat = normalize(&cls_token(&text_embeds).apply(&self.text_proj));
+        let text_feat = project_cls(&text_embeds, &self.text_proj);
 
         let (image_embeds_m, image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
             momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
             let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
             let text_m = self.text_encoder_m.bert.text(ids, mask, train);
-            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
             Ok((image_embeds_m, image_feat_m, text_feat_m))
         })?;
         let ItcQueueOutput {
@@ -474,22 +476,13 @@ pub(crate) fn named_draws(inputs: &Tensors, prefix: &str, device: Device) -> Pre
 }
 
 impl VlpModel for AlbefPretrain {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `Pretrain.py` (not resuming): `visual_encoder(_m).pos_embed` interpolated to the model's
     /// patch grid. Tied entries a checkpoint omits (`cls.predictions.decoder.*`) are filled from
     /// their partners; present ones must equal them.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         let mut pairs = mlm_tied_pairs("text_encoder.").to_vec();
         pairs.extend(mlm_tied_pairs("text_encoder_m."));
         complete_tied(&mut sd, &pairs)?;

@@ -17,10 +17,12 @@
 use super::pretrain::{random_queue, PRETRAIN_PAIRS};
 use super::{
     check_image, check_text, cls_token, drop_prefixes, has_pretrain_layout, init_momentum,
-    interpolate_pos_embeds, momentum_update, normalize, rename_pretrain_text, scalar_input,
-    AlbefBert, AlbefConfig, MomentumPairs,
+    interpolate_pos_embeds, momentum_update, rename_pretrain_text, scalar_input, AlbefBert,
+    AlbefConfig, MomentumPairs,
 };
-use crate::common::{itm_hard_negatives, ItmStep};
+use crate::common::{
+    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -179,7 +181,7 @@ impl AlbefRetrieval {
     pub fn image_features(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
         check_image(image, "image")?;
         let emb = self.visual_encoder.forward_t(image, self.train);
-        let feat = normalize(&cls_token(&emb).apply(&self.vision_proj));
+        let feat = project_cls(&emb, &self.vision_proj);
         Ok((emb, feat))
     }
 
@@ -193,7 +195,7 @@ impl AlbefRetrieval {
         let emb = self
             .text_encoder
             .text(input_ids, attention_mask, self.train);
-        let feat = normalize(&cls_token(&emb).apply(&self.text_proj));
+        let feat = project_cls(&emb, &self.text_proj);
         Ok((emb, feat))
     }
 
@@ -296,9 +298,9 @@ impl AlbefRetrieval {
         let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
             momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
             let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
             let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
-            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
             Ok((image_feat_m, text_feat_m))
         })?;
         let ItcQueueOutput {
@@ -355,12 +357,7 @@ impl AlbefRetrieval {
 }
 
 impl VlpModel for AlbefRetrieval {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `Retrieval.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid. A
     /// pretraining checkpoint (`text_encoder.bert.*`) gets `bert.` removed from its keys and its
     /// MLM heads (`text_encoder(_m).cls.*`, ignored by the official `strict=False` load) dropped;
@@ -368,11 +365,7 @@ impl VlpModel for AlbefRetrieval {
     /// load leaves it.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
             rename_pretrain_text(&mut sd);
             drop_prefixes(&mut sd, &["text_encoder.cls.", "text_encoder_m.cls."]);

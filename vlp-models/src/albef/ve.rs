@@ -7,11 +7,11 @@
 //! Keys: `visual_encoder.*`, `text_encoder.*` (`BertModel`, no pooler), `cls_head.{0,2}.*`, and
 //! with `distill` `visual_encoder_m.*`, `text_encoder_m.*`, `cls_head_m.*`.
 use super::{
-    check_image, check_text, cls_token, distilled_ce, drop_prefixes, has_pretrain_layout,
-    init_momentum, input_on, interpolate_pos_embeds, momentum_update, rename_pretrain_text,
-    scalar_input, AlbefBert, AlbefConfig, ClsHead, MomentumPairs, FINETUNE_MOMENTUM,
-    PRETRAIN_ONLY_PREFIXES,
+    check_image, check_text, classifier_train_loss, cls_token, drop_prefixes, has_pretrain_layout,
+    init_momentum, input_on, interpolate_pos_embeds, rename_pretrain_text, scalar_input, AlbefBert,
+    AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
 };
+use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
 use tch::{nn::VarStore, Device, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -162,17 +162,9 @@ impl AlbefVe {
         alpha: f64,
     ) -> Result<Tensor> {
         let out = self.forward(image, input_ids, attention_mask)?;
-        if targets.size() != [out.logits.size()[0]] {
-            return Err(VlpError::input(
-                "targets",
-                format!("expected [B], got {:?}", targets.size()),
-            ));
-        }
-        let pred_m = match &self.momentum {
-            None => None,
-            Some(m) => Some(tch::no_grad(|| -> Result<Tensor> {
-                momentum_update(&self.vs, VE_PAIRS, FINETUNE_MOMENTUM)?;
-                let (_, l) = Self::logits_of(
+        let momentum_logits = self.momentum.as_ref().map(|m| {
+            move || {
+                Self::logits_of(
                     &m.visual_encoder_m,
                     &m.text_encoder_m,
                     &m.cls_head_m,
@@ -180,21 +172,23 @@ impl AlbefVe {
                     input_ids,
                     attention_mask,
                     self.train,
-                );
-                Ok(l)
-            })?),
-        };
-        Ok(distilled_ce(&out.logits, targets, pred_m.as_ref(), alpha))
+                )
+                .1
+            }
+        });
+        classifier_train_loss(
+            &self.vs,
+            VE_PAIRS,
+            &out.logits,
+            targets,
+            alpha,
+            momentum_logits,
+        )
     }
 }
 
 impl VlpModel for AlbefVe {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `VE.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid; a pretraining
     /// checkpoint (`text_encoder.bert.*`) gets `bert.` removed from its keys, and the modules the
     /// VE class lacks (MLM head, ITC projections/queues, ITM head), which the official
@@ -202,11 +196,7 @@ impl VlpModel for AlbefVe {
     /// code leaves them at their init): load such a checkpoint with `LoadMode::Partial`.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
             rename_pretrain_text(&mut sd);
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

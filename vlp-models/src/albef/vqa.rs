@@ -27,6 +27,7 @@ use super::{
     AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens, FINETUNE_MOMENTUM,
     PRETRAIN_ONLY_PREFIXES,
 };
+use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -407,12 +408,7 @@ fn pretrain_to_vqa(sd: &mut StateDict) -> Result<()> {
 }
 
 impl VlpModel for AlbefVqa {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `VQA.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid. A pretraining
     /// checkpoint (`text_encoder.bert.*`) is converted as the official loader does for training
     /// (see `pretrain_to_vqa`: encoder rename, decoder from encoder layers 6–11, MLM head to the
@@ -420,11 +416,7 @@ impl VlpModel for AlbefVqa {
     /// (`cls.predictions.decoder.*`) a checkpoint omits are filled from their partners.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
             pretrain_to_vqa(&mut sd)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

@@ -22,6 +22,7 @@ use super::{lm_targets, opt_input, with_first_token, BlipConfig, BlipTokens, Med
 use crate::albef::{
     check_image, check_text, complete_tied, input_on, interpolate_pos_embeds, mlm_tied_pairs,
 };
+use crate::common::var_store_accessors;
 use crate::{Tensors, VlpModel};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use vlp_core::attention::{causal_mask, BERT_MASK_VALUE};
@@ -410,12 +411,7 @@ fn eos_from_captions(ids: &Tensor, mask: &Tensor) -> Option<i64> {
 }
 
 impl VlpModel for BlipDecoder {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; keys outside `visual_encoder.`
     /// and `text_decoder.` (a pretraining checkpoint's encoder, momentum copies, queues, ...)
     /// dropped, as the official `strict=False` load ignores them; the LM head's tied entries a

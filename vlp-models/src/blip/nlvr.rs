@@ -19,6 +19,7 @@ use super::{mha, opt_input, AttnBlock, BlipConfig, BlipTokens, Ffn};
 use crate::albef::{
     check_image, check_text, cls_token, input_on, interpolate_pos_embeds, text_mask, ClsHead,
 };
+use crate::common::var_store_accessors;
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Tensor};
 use vlp_core::attention::MultiHeadAttention;
@@ -264,12 +265,7 @@ pub fn duplicate_twin_keys(sd: &mut StateDict) -> usize {
 }
 
 impl VlpModel for BlipNlvr {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `blip_nlvr.py:load_checkpoint`: `visual_encoder.pos_embed` interpolated, the twin-key
     /// duplication ([`duplicate_twin_keys`]), keys outside `visual_encoder.` / `text_encoder.` /
     /// `cls_head.` dropped, and `merge_layer` / `cls_head` entries a (pretraining) checkpoint

@@ -25,10 +25,12 @@ use super::{
 };
 use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
 use crate::albef::{
-    causal_text_mask, check_image, check_text, cls_token, complete_tied, init_momentum, input_on,
-    interpolate_pos_embeds, momentum_update, normalize, scalar_input, MlmHead,
+    causal_text_mask, check_image, check_text, complete_tied, init_momentum, input_on,
+    interpolate_pos_embeds, momentum_update, scalar_input, MlmHead,
 };
-use crate::common::{itm_hard_negatives, ItmStep};
+use crate::common::{
+    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -344,16 +346,16 @@ impl BlipPretrain {
         let temp = self.temp.shallow_clone();
 
         let image_embeds = self.visual_encoder.forward_t(image, train);
-        let image_feat = normalize(&cls_token(&image_embeds).apply(&self.vision_proj));
+        let image_feat = project_cls(&image_embeds, &self.vision_proj);
         let text_embeds = self.text_encoder.text(ids, mask, train);
-        let text_feat = normalize(&cls_token(&text_embeds).apply(&self.text_proj));
+        let text_feat = project_cls(&text_embeds, &self.text_proj);
 
         let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
             momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
             let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
             let text_m = self.text_encoder_m.text(ids, mask, train);
-            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
             Ok((image_feat_m, text_feat_m))
         })?;
         let ItcQueueOutput {
@@ -459,22 +461,13 @@ pub(crate) fn complete_decoder_ties(sd: &mut StateDict) -> Result<()> {
 }
 
 impl VlpModel for BlipPretrain {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `load_checkpoint`: `visual_encoder(_m).pos_embed` interpolated to the model's patch grid.
     /// The decoder's tied copies must equal the encoder's; a copy the checkpoint omits is filled
     /// from its partner.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.visual_encoder.cfg.grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         complete_decoder_ties(&mut sd)?;
         Ok(sd)
     }

@@ -23,9 +23,11 @@ use super::{opt_input, with_first_token, BlipConfig, BlipTokens, MedBert};
 use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
 use crate::albef::{
     check_image, check_text, cls_token, init_momentum, interpolate_pos_embeds, momentum_update,
-    normalize, scalar_input, MomentumPairs,
+    scalar_input, MomentumPairs,
 };
-use crate::common::{itm_hard_negatives, ItmStep};
+use crate::common::{
+    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -191,7 +193,7 @@ impl ItmHeads {
     pub fn image_features(&self, image: &Tensor) -> Result<(Tensor, Tensor)> {
         check_image(image, "image")?;
         let emb = self.visual_encoder.forward_t(image, self.train);
-        let feat = normalize(&cls_token(&emb).apply(&self.vision_proj));
+        let feat = project_cls(&emb, &self.vision_proj);
         Ok((emb, feat))
     }
 
@@ -205,7 +207,7 @@ impl ItmHeads {
         let emb = self
             .text_encoder
             .text(input_ids, attention_mask, self.train);
-        let feat = normalize(&cls_token(&emb).apply(&self.text_proj));
+        let feat = project_cls(&emb, &self.text_proj);
         Ok((emb, feat))
     }
 
@@ -400,9 +402,9 @@ impl BlipRetrieval {
         let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
             momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
             let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = normalize(&cls_token(&image_embeds_m).apply(&self.vision_proj_m));
+            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
             let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
-            let text_feat_m = normalize(&cls_token(&text_m).apply(&self.text_proj_m));
+            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
             Ok((image_feat_m, text_feat_m))
         })?;
         let loss_ita = itc_with_queue(&ItcQueueInputs {
@@ -562,12 +564,7 @@ pub const NOT_IN_ITM_PREFIXES: &[&str] = &[
 ];
 
 impl VlpModel for BlipItm {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `blip_itm(pretrained=...)` through `blip.py:load_checkpoint`: `visual_encoder.pos_embed`
     /// interpolated; the momentum copies, queues, `temp` and a pretraining decoder (keys the class
     /// lacks, ignored by the official `strict=False` load) dropped.
@@ -585,23 +582,14 @@ impl VlpModel for BlipItm {
 }
 
 impl VlpModel for BlipRetrieval {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `blip.py:load_checkpoint`: `visual_encoder(_m).pos_embed` interpolated to the model's
     /// grid. A pretraining checkpoint loses `text_decoder.*` and `queue_ptr` (not in this class);
     /// queues it lacks or whose shape differs (another `queue_size`) keep the class's
     /// initial values, as the official mismatch-dropping `strict=False` load leaves them.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.visual_encoder.cfg.grid();
-        interpolate_pos_embeds(
-            &mut sd,
-            &["visual_encoder.pos_embed", "visual_encoder_m.pos_embed"],
-            grid,
-        )?;
+        interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         sd.retain(|k, _| !PRETRAIN_ONLY_PREFIXES.iter().any(|p| k.starts_with(p)));
         fill_from_model(
             &self.vs,

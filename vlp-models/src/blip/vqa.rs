@@ -19,6 +19,7 @@ use super::{lm_targets, opt_input, BlipConfig, BlipTokens, MedBert, MedLm};
 use crate::albef::{
     check_image, check_text, complete_tied, input_on, interpolate_pos_embeds, mlm_tied_pairs,
 };
+use crate::common::var_store_accessors;
 use crate::{Tensors, VlpModel};
 use tch::{nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
@@ -275,12 +276,7 @@ impl BlipVqa {
 }
 
 impl VlpModel for BlipVqa {
-    fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
+    var_store_accessors!();
     /// `load_checkpoint`: `visual_encoder.pos_embed` interpolated; keys outside `visual_encoder.`,
     /// `text_encoder.`, `text_decoder.` (a pretraining checkpoint's ITC/ITM modules, momentum
     /// copies, queues) dropped; the LM head's tied entries a checkpoint omits are filled from their
