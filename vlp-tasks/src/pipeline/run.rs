@@ -275,6 +275,8 @@ fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
         }
     };
     let cfg = albef_config(&exp)?;
+    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
+    tch::manual_seed(exp.train.seed as i64);
     let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
     if !resuming {
         if let Some(init) = &exp.model.init {
@@ -341,6 +343,8 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
     };
     check_model(&exp, Command::Eval)?;
     let cfg = albef_config(&exp)?;
+    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
+    tch::manual_seed(exp.train.seed as i64);
     let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
     let ckpt: Option<PathBuf> = match (&opts.resume, &exp.model.init) {
         (Some(dir), _) => Some(dir.clone()),

@@ -1,0 +1,274 @@
+//! End-to-end tests of `vlp pretrain|finetune|eval|info` on a tiny Shapes set (seconds each):
+//! pretrain → checkpoint → fine-tune (VQA, SNLI-VE) → eval; kill-and-resume reproduces the
+//! uninterrupted run's losses exactly on CPU; bad configs fail with one line naming the field.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vlp(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vlp"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--device", "cpu"])
+        .args(args)
+        .output()
+        .expect("run vlp")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = vlp(args);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "vlp {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn fail(args: &[&str]) -> String {
+    let o = vlp(args);
+    assert!(!o.status.success(), "vlp {args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).trim().to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train_cli-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tiny Shapes set: 64 train, 16 val, 16 test images.
+fn shapes(dir: &Path) -> PathBuf {
+    let out = dir.join("shapes");
+    ok(&[
+        "shapes",
+        "generate",
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        "64",
+        "--val-images",
+        "16",
+        "--test-images",
+        "16",
+        "--no-regions",
+    ]);
+    out
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+        .unwrap()
+}
+
+fn metrics_of(run: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let v = read_json(&run.join("eval.json"));
+    let m = v["metrics"].as_object().expect("metrics").clone();
+    assert!(!m.is_empty(), "no metrics in {run:?}");
+    for (k, x) in &m {
+        let x = x.as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && (0.0..=100.0).contains(&x), "{k} = {x}");
+    }
+    m
+}
+
+fn train_losses(run: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "train")
+        .map(|v| {
+            (
+                v["step"].as_u64().unwrap(),
+                format!("{} {}", v["loss"], v["terms"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_finetune_eval_end_to_end() {
+    let d = tmp("e2e");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let pt = d.join("pretrain");
+    ok(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--set",
+        &root,
+        "--out",
+        pt.to_str().unwrap(),
+    ]);
+    for f in [
+        "config.yaml",
+        "experiment.yaml",
+        "metrics.jsonl",
+        "train.log",
+        "eval.json",
+        "plots/loss.png",
+        "checkpoints/latest",
+        "checkpoints/step-00000006/model.safetensors",
+    ] {
+        assert!(pt.join(f).is_file(), "missing {f}");
+    }
+    let m = metrics_of(&pt);
+    assert!(m.contains_key("r_mean") && m.contains_key("txt_r1"), "{m:?}");
+    assert_eq!(train_losses(&pt).len(), 6);
+
+    let init = format!("model.init={}", pt.display());
+    let vqa = d.join("vqa");
+    ok(&[
+        "finetune",
+        "--config",
+        "configs/tiny/albef_vqa.yaml",
+        "--set",
+        &root,
+        "--set",
+        &init,
+        "--out",
+        vqa.to_str().unwrap(),
+    ]);
+    assert!(metrics_of(&vqa).contains_key("vqa_acc"));
+    let log = std::fs::read_to_string(vqa.join("train.log")).unwrap();
+    assert!(log.contains("init: loaded"), "{log}");
+
+    let ve = d.join("ve");
+    ok(&[
+        "finetune",
+        "--config",
+        "configs/tiny/albef_ve.yaml",
+        "--set",
+        &root,
+        "--set",
+        &init,
+        "--out",
+        ve.to_str().unwrap(),
+    ]);
+    assert!(metrics_of(&ve).contains_key("acc"));
+
+    // Evaluate the fine-tuned VQA run's checkpoint on the test-free val split, strictly.
+    let ev = d.join("vqa-eval");
+    let out = ok(&[
+        "eval",
+        "--config",
+        "configs/tiny/albef_vqa.yaml",
+        "--set",
+        &root,
+        "--set",
+        &format!("model.init={}", vqa.display()),
+        "--set",
+        "model.init_mode=strict",
+        "--out",
+        ev.to_str().unwrap(),
+    ]);
+    assert!(out.contains("vqa_acc"), "{out}");
+    let a = metrics_of(&ev);
+    let b = metrics_of(&vqa);
+    assert_eq!(a["vqa_acc"], b["vqa_acc"], "eval of the final checkpoint = final eval");
+}
+
+#[test]
+fn kill_and_resume_reproduces_the_uninterrupted_run() {
+    let d = tmp("resume");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let full = d.join("full");
+    ok(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--set",
+        &root,
+        "--out",
+        full.to_str().unwrap(),
+    ]);
+    let part = d.join("part");
+    ok(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--set",
+        &root,
+        "--set",
+        "train.max_steps=3",
+        "--out",
+        part.to_str().unwrap(),
+    ]);
+    assert_eq!(train_losses(&part).len(), 3);
+    ok(&[
+        "pretrain",
+        "--resume",
+        part.to_str().unwrap(),
+        "--set",
+        "train.max_steps=6",
+    ]);
+    let (a, b) = (train_losses(&full), train_losses(&part));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b, "resumed run differs from the uninterrupted one");
+}
+
+#[test]
+fn bad_configs_fail_with_one_line_naming_the_field_and_file() {
+    let d = tmp("bad");
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/tiny/albef_pretrain.yaml"),
+    )
+    .unwrap();
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let base = base.replace("root: data/shapes", &format!("root: {}", data.display()));
+    let cases = [
+        (
+            "unknown.yaml",
+            base.replace("preset: tiny", "preset: tiny, variantt: x"),
+            "model.variantt",
+        ),
+        (
+            "type.yaml",
+            base.replace("batch_size: 8", "batch_size: eight"),
+            "train.batch_size",
+        ),
+        ("missing.yaml", base.clone(), "data.train_file"),
+    ];
+    for (name, text, field) in cases {
+        let p = d.join(name);
+        std::fs::write(&p, text).unwrap();
+        let err = fail(&["pretrain", "--config", p.to_str().unwrap()]);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(field), "{name}: {err}");
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    let err = fail(&["pretrain", "--config", "configs/tiny/nope.yaml"]);
+    assert!(err.contains("nope.yaml") && err.contains("not found"), "{err}");
+    let err = fail(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--set",
+        "train.max_stepz=3",
+    ]);
+    assert!(err.contains("max_stepz"), "{err}");
+}
+
+#[test]
+fn blip_configs_parse_and_say_not_implemented() {
+    let d = tmp("blip");
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let text = "model: {name: blip, variant: pretrain}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n";
+    let p = d.join("blip.yaml");
+    std::fs::write(&p, text).unwrap();
+    let err = fail(&["pretrain", "--config", p.to_str().unwrap()]);
+    assert!(err.contains("not implemented") && err.contains("blip"), "{err}");
+    assert!(!d.join("runs").exists());
+}
+
+#[test]
+fn info_lists_variants_presets_and_checkpoints() {
+    let out = ok(&["info", "albef"]);
+    for w in ["pretrain", "retrieval", "vqa", "nlvr2", "ve", "small", "tiny", "ALBEF_4M.pth"] {
+        assert!(out.contains(w), "{w} missing:\n{out}");
+    }
+    let err = fail(&["info", "nosuchmodel"]);
+    assert!(err.contains("unknown model"), "{err}");
+}
