@@ -112,7 +112,10 @@ fn pretrain_finetune_eval_end_to_end() {
         assert!(pt.join(f).is_file(), "missing {f}");
     }
     let m = metrics_of(&pt);
-    assert!(m.contains_key("r_mean") && m.contains_key("txt_r1"), "{m:?}");
+    assert!(
+        m.contains_key("r_mean") && m.contains_key("txt_r1"),
+        "{m:?}"
+    );
     assert_eq!(train_losses(&pt).len(), 6);
 
     let init = format!("model.init={}", pt.display());
@@ -164,7 +167,10 @@ fn pretrain_finetune_eval_end_to_end() {
     assert!(out.contains("vqa_acc"), "{out}");
     let a = metrics_of(&ev);
     let b = metrics_of(&vqa);
-    assert_eq!(a["vqa_acc"], b["vqa_acc"], "eval of the final checkpoint = final eval");
+    assert_eq!(
+        a["vqa_acc"], b["vqa_acc"],
+        "eval of the final checkpoint = final eval"
+    );
 }
 
 #[test]
@@ -239,7 +245,10 @@ fn bad_configs_fail_with_one_line_naming_the_field_and_file() {
         assert!(err.contains(name), "{name}: {err}");
     }
     let err = fail(&["pretrain", "--config", "configs/tiny/nope.yaml"]);
-    assert!(err.contains("nope.yaml") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("nope.yaml") && err.contains("not found"),
+        "{err}"
+    );
     let err = fail(&[
         "pretrain",
         "--config",
@@ -255,18 +264,31 @@ fn blip_configs_parse_and_say_not_implemented() {
     let d = tmp("blip");
     let data = d.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let text = "model: {name: blip, variant: pretrain}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n";
+    let text =
+        "model: {name: blip, variant: pretrain}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n";
     let p = d.join("blip.yaml");
     std::fs::write(&p, text).unwrap();
     let err = fail(&["pretrain", "--config", p.to_str().unwrap()]);
-    assert!(err.contains("not implemented") && err.contains("blip"), "{err}");
+    assert!(
+        err.contains("not implemented") && err.contains("blip"),
+        "{err}"
+    );
     assert!(!d.join("runs").exists());
 }
 
 #[test]
 fn info_lists_variants_presets_and_checkpoints() {
     let out = ok(&["info", "albef"]);
-    for w in ["pretrain", "retrieval", "vqa", "nlvr2", "ve", "small", "tiny", "ALBEF_4M.pth"] {
+    for w in [
+        "pretrain",
+        "retrieval",
+        "vqa",
+        "nlvr2",
+        "ve",
+        "small",
+        "tiny",
+        "ALBEF_4M.pth",
+    ] {
         assert!(out.contains(w), "{w} missing:\n{out}");
     }
     let err = fail(&["info", "nosuchmodel"]);
