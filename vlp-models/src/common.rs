@@ -2,8 +2,8 @@
 //! distillation, ITM hard negatives and momentum parts are reused, not copied). The tensor-only
 //! steps live in `vlp_objectives` ([`vlp_objectives::itc::itc_with_queue`],
 //! [`HardNegativeSampler`], [`Itm`]); what needs a model's fusion encoder is here.
-use crate::albef::{cls_token, normalize};
-use tch::{nn, Tensor};
+use crate::albef::{cls_token, momentum_update, normalize, MomentumPairs};
+use tch::{nn, Device, Kind, Tensor};
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
 
@@ -146,4 +146,76 @@ pub(crate) const POS_EMBED_KEYS: &[&str] =
 /// `normalize(proj(states[:, 0]))`: the `[B, E]` ITC feature of `[B, L, D]` encoder states.
 pub(crate) fn project_cls(states: &Tensor, proj: &nn::Linear) -> Tensor {
     normalize(&cls_token(states).apply(proj))
+}
+
+/// A `[E, Q]` queue of random unit columns (`normalize(randn(E, Q), dim=0)`).
+pub(crate) fn random_queue(e: i64, q: i64, device: Device) -> Tensor {
+    let r = Tensor::randn([e, q], (Kind::Float, device));
+    &r / r
+        .norm_scalaropt_dim(2.0, [0i64].as_slice(), true)
+        .clamp_min(1e-12)
+}
+
+/// The ITC queue buffers of ALBEF/BLIP pretraining and retrieval fine-tuning.
+#[derive(Debug)]
+pub(crate) struct QueueBuffers {
+    /// `image_queue` `[E, Q]`: random unit columns.
+    pub image: Tensor,
+    /// `text_queue` `[E, Q]`: random unit columns.
+    pub text: Tensor,
+    /// `idx_queue` `[1, Q]` int64 image ids, all -100 (retrieval only).
+    pub idx: Option<Tensor>,
+    /// The shared pointer `[1]` int64, 0.
+    pub ptr: Tensor,
+}
+
+/// Registers the queue buffers under `r` in the official order (`image_queue`, `text_queue`,
+/// `idx_queue` when `with_idx`, then the pointer named `ptr_name`: `queue_ptr`, or BLIP
+/// retrieval's `ptr_queue`). `e`: embed dim, `q`: queue size.
+pub(crate) fn register_queues(
+    r: &nn::Path,
+    e: i64,
+    q: i64,
+    with_idx: bool,
+    ptr_name: &str,
+) -> QueueBuffers {
+    let device = r.device();
+    let image = r.add("image_queue", random_queue(e, q, device), false);
+    let text = r.add("text_queue", random_queue(e, q, device), false);
+    let idx = with_idx.then(|| {
+        r.add(
+            "idx_queue",
+            Tensor::full([1, q], -100, (Kind::Int64, device)),
+            false,
+        )
+    });
+    let ptr = r.add(ptr_name, Tensor::zeros([1], (Kind::Int64, device)), false);
+    QueueBuffers {
+        image,
+        text,
+        idx,
+        ptr,
+    }
+}
+
+/// The momentum half of the ITC step, without gradient: the EMA update of `pairs` first (as the
+/// official forwards do), then `image_m()` (`[B, 1+N, D]` momentum ViT states) and `text_m()`
+/// (`[B, L, D]` momentum text states) projected by [`project_cls`]. Returns `(image_embeds_m,
+/// image_feat_m, text_feat_m)`.
+pub(crate) fn momentum_features(
+    vs: &tch::nn::VarStore,
+    pairs: MomentumPairs,
+    momentum: f64,
+    image_m: impl FnOnce() -> Tensor,
+    vision_proj_m: &nn::Linear,
+    text_m: impl FnOnce() -> Tensor,
+    text_proj_m: &nn::Linear,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    tch::no_grad(|| {
+        momentum_update(vs, pairs, momentum)?;
+        let image_embeds_m = image_m();
+        let image_feat_m = project_cls(&image_embeds_m, vision_proj_m);
+        let text_feat_m = project_cls(&text_m(), text_proj_m);
+        Ok((image_embeds_m, image_feat_m, text_feat_m))
+    })
 }

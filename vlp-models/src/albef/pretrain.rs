@@ -14,14 +14,14 @@
 //! buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
 use super::{
     check_image, check_text, complete_tied, init_momentum, input_on, interpolate_pos_embeds,
-    mlm_tied_pairs, momentum_update, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs,
-    SpecialTokens,
+    mlm_tied_pairs, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
 };
 use crate::common::{
-    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
+    ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
-use tch::{nn, nn::VarStore, Device, Kind, Tensor};
+use tch::{nn, nn::VarStore, Device, Tensor};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::CrossInput;
 use vlp_core::layers::linear;
@@ -221,14 +221,6 @@ pub struct AlbefPretrain {
     pub train: bool,
 }
 
-/// A `[E, Q]` queue of random unit columns (`normalize(randn(E, Q), dim=0)`).
-pub(crate) fn random_queue(e: i64, q: i64, device: Device) -> Tensor {
-    let r = Tensor::randn([e, q], (Kind::Float, device));
-    &r / r
-        .norm_scalaropt_dim(2.0, [0i64].as_slice(), true)
-        .clamp_min(1e-12)
-}
-
 impl AlbefPretrain {
     /// Builds the model (momentum copies initialised from the online weights, queues random
     /// unit columns, `queue_ptr` 0) on `device`.
@@ -248,17 +240,7 @@ impl AlbefPretrain {
         let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
         let text_encoder_m = AlbefMaskedLm::new(&(&r / "text_encoder_m"), &cfg.bert)?;
         let text_proj_m = linear(&r / "text_proj_m", dt, e);
-        let image_queue = r.add(
-            "image_queue",
-            random_queue(e, cfg.queue_size, device),
-            false,
-        );
-        let text_queue = r.add("text_queue", random_queue(e, cfg.queue_size, device), false);
-        let queue_ptr = r.add(
-            "queue_ptr",
-            Tensor::zeros([1], (Kind::Int64, device)),
-            false,
-        );
+        let queues = register_queues(&r, e, cfg.queue_size, false, "queue_ptr");
         init_momentum(&vs, PRETRAIN_PAIRS)?;
         Ok(AlbefPretrain {
             vs,
@@ -273,9 +255,9 @@ impl AlbefPretrain {
             vision_proj_m,
             text_encoder_m,
             text_proj_m,
-            image_queue,
-            text_queue,
-            queue_ptr,
+            image_queue: queues.image,
+            text_queue: queues.text,
+            queue_ptr: queues.ptr,
             tokens: SpecialTokens::default(),
             train: false,
         })
@@ -322,14 +304,15 @@ impl AlbefPretrain {
         let text_embeds = self.text_encoder.bert.text(ids, mask, train);
         let text_feat = project_cls(&text_embeds, &self.text_proj);
 
-        let (image_embeds_m, image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
-            momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
-            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
-            let text_m = self.text_encoder_m.bert.text(ids, mask, train);
-            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
-            Ok((image_embeds_m, image_feat_m, text_feat_m))
-        })?;
+        let (image_embeds_m, image_feat_m, text_feat_m) = momentum_features(
+            &self.vs,
+            PRETRAIN_PAIRS,
+            self.cfg.momentum,
+            || self.visual_encoder_m.forward_t(image, train),
+            &self.vision_proj_m,
+            || self.text_encoder_m.bert.text(ids, mask, train),
+            &self.text_proj_m,
+        )?;
         let ItcQueueOutput {
             loss: loss_ita,
             sim_i2t,

@@ -14,14 +14,15 @@
 //!
 //! Keys: as pretraining but `text_encoder.*` is a `BertModel` (no `bert.` infix, no MLM head),
 //! plus the buffer `idx_queue` `[1, Q]`.
-use super::pretrain::{random_queue, PRETRAIN_PAIRS};
+use super::pretrain::PRETRAIN_PAIRS;
 use super::{
     check_image, check_text, cls_token, drop_prefixes, has_pretrain_layout, init_momentum,
-    interpolate_pos_embeds, momentum_update, rename_pretrain_text, scalar_input, AlbefBert,
-    AlbefConfig, MomentumPairs,
+    interpolate_pos_embeds, rename_pretrain_text, scalar_input, AlbefBert, AlbefConfig,
+    MomentumPairs,
 };
 use crate::common::{
-    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
+    ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -143,18 +144,7 @@ impl AlbefRetrieval {
         let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
         let text_encoder_m = AlbefBert::new(&(&r / "text_encoder_m"), &cfg.bert)?;
         let text_proj_m = linear(&r / "text_proj_m", dt, e);
-        let image_queue = r.add("image_queue", random_queue(e, q, device), false);
-        let text_queue = r.add("text_queue", random_queue(e, q, device), false);
-        let idx_queue = r.add(
-            "idx_queue",
-            Tensor::full([1, q], -100, (Kind::Int64, device)),
-            false,
-        );
-        let queue_ptr = r.add(
-            "queue_ptr",
-            Tensor::zeros([1], (Kind::Int64, device)),
-            false,
-        );
+        let queues = register_queues(&r, e, q, true, "queue_ptr");
         init_momentum(&vs, RETRIEVAL_PAIRS)?;
         Ok(AlbefRetrieval {
             vs,
@@ -169,10 +159,10 @@ impl AlbefRetrieval {
             vision_proj_m,
             text_encoder_m,
             text_proj_m,
-            image_queue,
-            text_queue,
-            idx_queue,
-            queue_ptr,
+            image_queue: queues.image,
+            text_queue: queues.text,
+            idx_queue: queues.idx.expect("registered with_idx"),
+            queue_ptr: queues.ptr,
             train: false,
         })
     }
@@ -295,14 +285,15 @@ impl AlbefRetrieval {
         let train = self.train;
         let idx = idx.to_device(image.device()).to_kind(Kind::Int64);
         let temp = self.temp.shallow_clone();
-        let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
-            momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
-            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
-            let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
-            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
-            Ok((image_feat_m, text_feat_m))
-        })?;
+        let (_, image_feat_m, text_feat_m) = momentum_features(
+            &self.vs,
+            RETRIEVAL_PAIRS,
+            self.cfg.momentum,
+            || self.visual_encoder_m.forward_t(image, train),
+            &self.vision_proj_m,
+            || self.text_encoder_m.text(input_ids, attention_mask, train),
+            &self.text_proj_m,
+        )?;
         let ItcQueueOutput {
             loss: loss_ita,
             sim_i2t,

@@ -23,13 +23,14 @@ use super::{
     lm_targets, opt_input, register_alias, with_first_token, AttnBlock, BlipConfig, BlipTokens,
     Ffn, MedBert,
 };
-use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
+use crate::albef::pretrain::PRETRAIN_PAIRS;
 use crate::albef::{
     causal_text_mask, check_image, check_text, complete_tied, init_momentum, input_on,
-    interpolate_pos_embeds, momentum_update, scalar_input, MlmHead,
+    interpolate_pos_embeds, scalar_input, MlmHead,
 };
 use crate::common::{
-    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
+    ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -288,13 +289,7 @@ impl BlipPretrain {
         let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
         let text_encoder_m = MedBert::new(&(&r / "text_encoder_m"), &med)?;
         let text_proj_m = linear(&r / "text_proj_m", dt, e);
-        let image_queue = r.add("image_queue", random_queue(e, q, device), false);
-        let text_queue = r.add("text_queue", random_queue(e, q, device), false);
-        let queue_ptr = r.add(
-            "queue_ptr",
-            Tensor::zeros([1], (Kind::Int64, device)),
-            false,
-        );
+        let queues = register_queues(&r, e, q, false, "queue_ptr");
         let temp = r.var("temp", &[], nn::Init::Const(0.07));
         let text_decoder = TiedDecoder::new(&vs, &text_encoder)?;
         init_momentum(&vs, PRETRAIN_PAIRS)?;
@@ -313,9 +308,9 @@ impl BlipPretrain {
             text_encoder_m,
             text_proj_m,
             text_decoder,
-            image_queue,
-            text_queue,
-            queue_ptr,
+            image_queue: queues.image,
+            text_queue: queues.text,
+            queue_ptr: queues.ptr,
             train: false,
         })
     }
@@ -350,14 +345,15 @@ impl BlipPretrain {
         let text_embeds = self.text_encoder.text(ids, mask, train);
         let text_feat = project_cls(&text_embeds, &self.text_proj);
 
-        let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
-            momentum_update(&self.vs, PRETRAIN_PAIRS, self.cfg.momentum)?;
-            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
-            let text_m = self.text_encoder_m.text(ids, mask, train);
-            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
-            Ok((image_feat_m, text_feat_m))
-        })?;
+        let (_, image_feat_m, text_feat_m) = momentum_features(
+            &self.vs,
+            PRETRAIN_PAIRS,
+            self.cfg.momentum,
+            || self.visual_encoder_m.forward_t(image, train),
+            &self.vision_proj_m,
+            || self.text_encoder_m.text(ids, mask, train),
+            &self.text_proj_m,
+        )?;
         let ItcQueueOutput {
             loss: loss_ita,
             sim_i2t,

@@ -20,13 +20,14 @@
 //! momentum copies `*_m.*`, `image_queue`, `text_queue`, `idx_queue` `[1, Q]` and `ptr_queue`
 //! (sic, not `queue_ptr`).
 use super::{opt_input, with_first_token, BlipConfig, BlipTokens, MedBert};
-use crate::albef::pretrain::{random_queue, PRETRAIN_PAIRS};
+use crate::albef::pretrain::PRETRAIN_PAIRS;
 use crate::albef::{
-    check_image, check_text, cls_token, init_momentum, interpolate_pos_embeds, momentum_update,
-    scalar_input, MomentumPairs,
+    check_image, check_text, cls_token, init_momentum, interpolate_pos_embeds, scalar_input,
+    MomentumPairs,
 };
 use crate::common::{
-    itm_hard_negatives, project_cls, var_store_accessors, ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
+    ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -334,18 +335,7 @@ impl BlipRetrieval {
         let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
         let text_encoder_m = MedBert::new(&(&r / "text_encoder_m"), &med)?;
         let text_proj_m = linear(&r / "text_proj_m", dt, e);
-        let image_queue = r.add("image_queue", random_queue(e, q, device), false);
-        let text_queue = r.add("text_queue", random_queue(e, q, device), false);
-        let idx_queue = r.add(
-            "idx_queue",
-            Tensor::full([1, q], -100, (Kind::Int64, device)),
-            false,
-        );
-        let ptr_queue = r.add(
-            "ptr_queue",
-            Tensor::zeros([1], (Kind::Int64, device)),
-            false,
-        );
+        let queues = register_queues(&r, e, q, true, "ptr_queue");
         let temp = r.var("temp", &[], nn::Init::Const(0.07));
         init_momentum(&vs, RETRIEVAL_PAIRS)?;
         Ok(BlipRetrieval {
@@ -357,10 +347,10 @@ impl BlipRetrieval {
             vision_proj_m,
             text_encoder_m,
             text_proj_m,
-            image_queue,
-            text_queue,
-            idx_queue,
-            ptr_queue,
+            image_queue: queues.image,
+            text_queue: queues.text,
+            idx_queue: queues.idx.expect("registered with_idx"),
+            ptr_queue: queues.ptr,
         })
     }
 
@@ -399,14 +389,15 @@ impl BlipRetrieval {
         }
         let idx = idx.to_device(image.device()).to_kind(Kind::Int64);
         let temp = self.temp.shallow_clone();
-        let (image_feat_m, text_feat_m) = tch::no_grad(|| -> Result<_> {
-            momentum_update(&self.vs, RETRIEVAL_PAIRS, self.cfg.momentum)?;
-            let image_embeds_m = self.visual_encoder_m.forward_t(image, train);
-            let image_feat_m = project_cls(&image_embeds_m, &self.vision_proj_m);
-            let text_m = self.text_encoder_m.text(input_ids, attention_mask, train);
-            let text_feat_m = project_cls(&text_m, &self.text_proj_m);
-            Ok((image_feat_m, text_feat_m))
-        })?;
+        let (_, image_feat_m, text_feat_m) = momentum_features(
+            &self.vs,
+            RETRIEVAL_PAIRS,
+            self.cfg.momentum,
+            || self.visual_encoder_m.forward_t(image, train),
+            &self.vision_proj_m,
+            || self.text_encoder_m.text(input_ids, attention_mask, train),
+            &self.text_proj_m,
+        )?;
         let loss_ita = itc_with_queue(&ItcQueueInputs {
             image_feat: &image_feat,
             text_feat: &text_feat,
