@@ -3,6 +3,7 @@
 //! steps live in `vlp_objectives` ([`vlp_objectives::itc::itc_with_queue`],
 //! [`HardNegativeSampler`], [`Itm`]); what needs a model's fusion encoder is here.
 use crate::albef::{cls_token, momentum_update, normalize, MomentumPairs};
+use crate::Tensors;
 use tch::{nn, Device, Kind, Tensor};
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itm::{HardNegativeSampler, Itm, NegativeDraws};
@@ -218,4 +219,24 @@ pub(crate) fn momentum_features(
         let text_feat_m = project_cls(&text_m(), text_proj_m);
         Ok((image_embeds_m, image_feat_m, text_feat_m))
     })
+}
+
+/// Collects `(probe name, tensor)` pairs into [`Tensors`] (the `forward_named` outputs).
+pub(crate) fn named<const N: usize>(pairs: [(&str, Tensor); N]) -> Tensors {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The retrieval `k_test`: a `k_test` input tensor, else the fixture MANIFEST's (`extra`), else
+/// `default` (the config's); errors when none is given.
+pub(crate) fn k_test(
+    inputs: &Tensors,
+    extra: &serde_json::Value,
+    default: Option<i64>,
+) -> Result<i64> {
+    inputs
+        .get("k_test")
+        .map(|t| t.int64_value(&[]))
+        .or_else(|| extra.get("k_test").and_then(|v| v.as_i64()))
+        .or(default)
+        .ok_or_else(|| VlpError::input("k_test", "not given by the inputs, MANIFEST or config"))
 }

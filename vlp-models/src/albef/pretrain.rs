@@ -17,8 +17,8 @@ use super::{
     mlm_tied_pairs, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
 };
 use crate::common::{
-    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
-    ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, named, project_cls, register_queues,
+    var_store_accessors, ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Tensor};
@@ -139,7 +139,6 @@ impl PretrainOutput {
 
     /// The outputs by probe name (plus the draws used).
     pub fn into_named(self) -> Tensors {
-        let mut t = Tensors::new();
         let v = self.mlm_logits.size()[2];
         let sel = self
             .mlm_labels
@@ -148,7 +147,7 @@ impl PretrainOutput {
             .nonzero()
             .squeeze_dim(1);
         let masked = self.mlm_logits.reshape([-1, v]).index_select(0, &sel);
-        for (k, x) in [
+        named([
             ("loss_ita", self.loss_ita),
             ("loss_itm", self.loss_itm),
             ("loss_mlm", self.loss_mlm),
@@ -176,10 +175,7 @@ impl PretrainOutput {
             ("mlm_logits_masked", masked),
             ("mlm_logits_m", self.mlm_logits_m),
             ("temp_after_clamp", self.temp),
-        ] {
-            t.insert(k.to_string(), x);
-        }
-        t
+        ])
     }
 }
 

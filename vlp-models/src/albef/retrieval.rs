@@ -21,8 +21,8 @@ use super::{
     MomentumPairs,
 };
 use crate::common::{
-    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
-    ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, k_test, momentum_features, named, project_cls, register_queues,
+    var_store_accessors, ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -407,14 +407,7 @@ impl VlpModel for AlbefRetrieval {
                 get("gallery_input_ids"),
                 get("gallery_attention_mask"),
             ) {
-                let k = inputs
-                    .get("k_test")
-                    .map(|t| t.int64_value(&[]))
-                    .or_else(|| extra.get("k_test").and_then(|v| v.as_i64()))
-                    .or(self.cfg.k_test)
-                    .ok_or_else(|| {
-                        VlpError::input("k_test", "not given by the inputs, MANIFEST or config")
-                    })?;
+                let k = k_test(inputs, extra, self.cfg.k_test)?;
                 let s = self.evaluate(&gi, &gids, &gmask, k)?;
                 out.insert("gallery_sims_matrix".into(), s.sims);
                 out.insert("score_matrix_i2t".into(), s.i2t);
@@ -441,7 +434,7 @@ impl VlpModel for AlbefRetrieval {
                     idx: &idx,
                 };
                 let t = self.train_forward(&batch, alpha, neg)?;
-                for (k, v) in [
+                out.extend(named([
                     ("train_loss_ita", t.loss_ita),
                     ("train_loss_itm", t.loss_itm),
                     ("train_itm_logits", t.itm_logits),
@@ -453,9 +446,7 @@ impl VlpModel for AlbefRetrieval {
                     ("train_text_feat_m", t.text_feat_m),
                     ("train_idx_queue_after", self.idx_queue.copy()),
                     ("train_queue_ptr_after", self.queue_ptr.copy()),
-                ] {
-                    out.insert(k.into(), v);
-                }
+                ]));
             }
             Ok(())
         })?;

@@ -29,8 +29,8 @@ use crate::albef::{
     interpolate_pos_embeds, scalar_input, MlmHead,
 };
 use crate::common::{
-    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
-    ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, momentum_features, named, project_cls, register_queues,
+    var_store_accessors, ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -198,7 +198,7 @@ impl PretrainOutput {
 
     /// The outputs by probe name (plus the draws used).
     pub fn into_named(self) -> Tensors {
-        [
+        named([
             ("loss_ita", self.loss_ita),
             ("loss_itm", self.loss_itm),
             ("loss_lm", self.loss_lm),
@@ -221,10 +221,7 @@ impl PretrainOutput {
             ("itm_logits", self.itm_logits),
             ("decoder_logits", self.decoder_logits),
             ("temp_after_clamp", self.temp),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        ])
     }
 }
 

@@ -26,8 +26,8 @@ use crate::albef::{
     MomentumPairs,
 };
 use crate::common::{
-    itm_hard_negatives, momentum_features, project_cls, register_queues, var_store_accessors,
-    ItmStep, POS_EMBED_KEYS,
+    itm_hard_negatives, k_test, momentum_features, named, project_cls, register_queues,
+    var_store_accessors, ItmStep, POS_EMBED_KEYS,
 };
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
@@ -515,14 +515,7 @@ impl ItmHeads {
                 get("gallery_input_ids"),
                 get("gallery_attention_mask"),
             ) {
-                let k = inputs
-                    .get("k_test")
-                    .map(|t| t.int64_value(&[]))
-                    .or_else(|| extra.get("k_test").and_then(|v| v.as_i64()))
-                    .or(k_default)
-                    .ok_or_else(|| {
-                        VlpError::input("k_test", "not given by the inputs, MANIFEST or config")
-                    })?;
+                let k = k_test(inputs, extra, k_default)?;
                 let s = self.evaluate(&gi, &gids, &gmask, k)?;
                 out.insert("gallery_sims_matrix".into(), s.sims);
                 out.insert("score_matrix_i2t".into(), s.i2t);
@@ -624,7 +617,7 @@ impl VlpModel for BlipRetrieval {
                 idx: &idx,
             };
             let t = tch::no_grad(|| self.train_forward(&batch, alpha, neg))?;
-            for (k, v) in [
+            out.extend(named([
                 ("train_loss_ita", t.loss_ita),
                 ("train_loss_itm", t.loss_itm),
                 ("train_itm_logits", t.itm_logits),
@@ -632,9 +625,7 @@ impl VlpModel for BlipRetrieval {
                 ("train_itm_weights_i2t", t.itm_weights_i2t),
                 ("train_image_feat_m", t.image_feat_m),
                 ("train_text_feat_m", t.text_feat_m),
-            ] {
-                out.insert(k.into(), v);
-            }
+            ]));
         }
         Ok(out)
     }
