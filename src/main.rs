@@ -107,6 +107,11 @@ enum Cmd {
         /// Registered model name (albef, blip, bert).
         model: String,
     },
+    /// Benchmarks (`vlp bench step`: median training-step time, samples/s, peak memory).
+    Bench {
+        #[command(subcommand)]
+        cmd: cli::BenchCmd,
+    },
 }
 
 fn wrapper_of(w: &Option<String>) -> Wrapper {
@@ -191,6 +196,7 @@ fn run() -> Result<()> {
         Cmd::Finetune(a) => cli::experiment(vlp_tasks::pipeline::Command::Finetune, a, device),
         Cmd::Eval(a) => cli::experiment(vlp_tasks::pipeline::Command::Eval, a, device),
         Cmd::Info { model } => cli::info(&model),
+        Cmd::Bench { cmd } => cli::bench(cmd, device),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {

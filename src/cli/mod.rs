@@ -115,3 +115,70 @@ pub fn info(model: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// `vlp bench ...` subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Median time of one training step (forward, backward, AdamW) on synthetic batches.
+    Step {
+        /// Model name (albef).
+        #[arg(long)]
+        model: Option<String>,
+        /// Variant (overrides the config's `model.variant`).
+        #[arg(long)]
+        variant: Option<String>,
+        /// Experiment file giving the preset/model config and the optimizer.
+        #[arg(long)]
+        config: PathBuf,
+        /// Samples per step.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Steps timed (after one warm-up step).
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+        /// Tokens per synthetic text.
+        #[arg(long, default_value_t = 30)]
+        text_len: i64,
+        /// Config overrides.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+/// Runs `vlp bench step` and prints the result (one line and JSON).
+pub fn bench(cmd: BenchCmd, device: Device) -> Result<()> {
+    let BenchCmd::Step {
+        model,
+        variant,
+        config,
+        batch,
+        steps,
+        text_len,
+        sets,
+    } = cmd;
+    let r = pipeline::bench::bench_step(&pipeline::bench::BenchOptions {
+        config,
+        sets,
+        model,
+        variant,
+        batch,
+        steps,
+        text_len,
+        device,
+    })?;
+    println!(
+        "{} {} ({}) batch {} on {}: median step {:.1} ms, {:.1} samples/s, peak RSS {}",
+        r.model,
+        r.variant,
+        r.preset,
+        r.batch,
+        r.device,
+        r.median_step_s * 1e3,
+        r.samples_per_s,
+        r.peak_rss_mib
+            .map(|m| format!("{m:.0} MiB"))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
