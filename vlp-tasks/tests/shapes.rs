@@ -1319,29 +1319,6 @@ fn test_split_captions_are_nearly_unique() {
     assert!(dup_full < 0.015, "{dup_full}");
 }
 
-/// Diagnostic: prints the duplicated captions of the default test split and a few images'
-/// captions (`cargo test -p vlp-tasks --test shapes -- --ignored --nocapture`).
-#[test]
-#[ignore]
-fn print_duplicates() {
-    let cfg = ShapesConfig::default();
-    let caps: Vec<Vec<String>> = (0..cfg.test_images)
-        .map(|i| shapes::build_image(&cfg, Split::Test, i).captions)
-        .collect();
-    let mut owners: BTreeMap<&str, usize> = BTreeMap::new();
-    for cs in &caps {
-        for c in cs {
-            *owners.entry(c).or_default() += 1;
-        }
-    }
-    for (c, k) in owners.iter().filter(|(_, k)| **k > 1) {
-        eprintln!("{k} {c}");
-    }
-    for c in &caps[..5] {
-        eprintln!("{c:#?}");
-    }
-}
-
 #[test]
 fn seven_distinct_captions_when_asked() {
     let cfg = ShapesConfig {
