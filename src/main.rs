@@ -112,6 +112,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::BenchCmd,
     },
+    /// Objective ablation: one pre-training per mix, fine-tuned and tabulated (Markdown, CSV, PNG).
+    Ablate(cli::AblateArgs),
 }
 
 fn wrapper_of(w: &Option<String>) -> Wrapper {
@@ -197,6 +199,7 @@ fn run() -> Result<()> {
         Cmd::Eval(a) => cli::experiment(vlp_tasks::pipeline::Command::Eval, a, device),
         Cmd::Info { model } => cli::info(&model),
         Cmd::Bench { cmd } => cli::bench(cmd, device),
+        Cmd::Ablate(a) => cli::ablate(a, device),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {

@@ -294,3 +294,42 @@ fn info_lists_variants_presets_and_checkpoints() {
     let err = fail(&["info", "nosuchmodel"]);
     assert!(err.contains("unknown model"), "{err}");
 }
+
+#[test]
+fn ablate_runs_each_mix_and_is_resumable() {
+    let d = tmp("ablate");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let out = d.join("abl");
+    let args = [
+        "ablate",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--mixes",
+        "itc+itm+mlm,itc",
+        "--set",
+        &root,
+        "--set",
+        "train.max_steps=2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let table = ok(&args);
+    assert!(
+        table.contains("| itc |") && table.contains("pretrain/r_mean"),
+        "{table}"
+    );
+    for f in ["ablation.md", "ablation.csv", "ablation.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("ablation.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    let line = std::fs::read_to_string(out.join("itc/pretrain/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    let terms: Vec<&String> = first["terms"].as_object().unwrap().keys().collect();
+    assert_eq!(terms, ["itc"], "only the mix's objectives are trained");
+    let o = vlp(&args);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("done, skipped").count(), 2, "{err}");
+}

@@ -182,3 +182,47 @@ pub fn bench(cmd: BenchCmd, device: Device) -> Result<()> {
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
+
+/// Flags of `vlp ablate`.
+#[derive(clap::Args, Debug)]
+pub struct AblateArgs {
+    /// The base pre-training experiment.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Comma-separated objective mixes, e.g. "itc+itm+mlm,itc+itm,itc,mlm".
+    #[arg(long, default_value = "itc+itm+mlm,itc+itm,itc,mlm")]
+    pub mixes: String,
+    /// Fine-tuning experiment run from each pre-trained model (repeatable).
+    #[arg(long)]
+    pub finetune: Vec<PathBuf>,
+    /// Override applied to every run (e.g. data.root=...).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Output directory (resumable: finished runs are skipped, interrupted ones resumed).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Runs `vlp ablate` and prints the table.
+pub fn ablate(args: AblateArgs, device: Device) -> Result<()> {
+    let opts = pipeline::ablate::AblateOptions {
+        config: args.config,
+        mixes: args
+            .mixes
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        finetune: args.finetune,
+        sets: args.sets,
+        out: args.out.clone(),
+        device,
+    };
+    pipeline::ablate::ablate(&opts)?;
+    print!(
+        "{}",
+        std::fs::read_to_string(args.out.join("ablation.md")).unwrap_or_default()
+    );
+    println!("written: {}/ablation.{{md,csv,png}}", args.out.display());
+    Ok(())
+}

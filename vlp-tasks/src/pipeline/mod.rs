@@ -8,9 +8,11 @@
 //! - [`run`]: `vlp pretrain|finetune|eval` — build, load `model.init`, train with the
 //!   [`Trainer`](crate::train::Trainer), evaluate, write `experiment.yaml` and `eval.json`.
 //!
+//! - [`ablate`]: `vlp ablate`, one pre-training per objective mix, fine-tuned and tabulated.
 //! - [`bench`]: `vlp bench step`, the time of one training step on synthetic batches.
 //!
 //! `docs/experiments.md` describes the config format, the commands and the run directory.
+pub mod ablate;
 pub mod albef;
 pub mod bench;
 pub mod config;

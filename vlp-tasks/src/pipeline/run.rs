@@ -146,7 +146,7 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
 
 /// The experiment as written into a run directory: the model config resolved inline and
 /// `data.root` absolute, so that `--resume` works from any directory.
-fn resolved(exp: &ExperimentConfig) -> Result<ExperimentConfig> {
+pub(crate) fn resolved(exp: &ExperimentConfig) -> Result<ExperimentConfig> {
     let mut e = exp.clone();
     let cfg = albef_config(exp)?;
     e.model.config =
