@@ -274,6 +274,16 @@ fn blip_configs_parse_and_say_not_implemented() {
         "{err}"
     );
     assert!(!d.join("runs").exists());
+    // The shipped BLIP recipes say so too, before looking for their (absent) data.
+    for f in ["pretrain", "retrieval_coco", "caption_coco", "vqa", "nlvr"] {
+        let cmd = if f == "pretrain" {
+            "pretrain"
+        } else {
+            "finetune"
+        };
+        let err = fail(&[cmd, "--config", &format!("configs/blip/{f}.yaml")]);
+        assert!(err.contains("not implemented"), "{f}: {err}");
+    }
 }
 
 #[test]

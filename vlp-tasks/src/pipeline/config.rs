@@ -273,13 +273,20 @@ impl ExperimentConfig {
     /// Reads a YAML/JSON experiment file and applies `--set` overrides, then checks it
     /// ([`ExperimentConfig::validate`]).
     pub fn load(path: impl AsRef<Path>, sets: &[&str]) -> Result<Self> {
+        let c = Self::parse(path, sets)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads the file and applies the overrides without [`ExperimentConfig::validate`] (the
+    /// data files are not checked).
+    pub fn parse(path: impl AsRef<Path>, sets: &[&str]) -> Result<Self> {
         let path = path.as_ref();
         if !path.is_file() {
             return Err(cfg_err(path, "config file not found"));
         }
         let mut c: ExperimentConfig = vlp_core::config::load_config_with_overrides(path, sets)?;
         c.source = path.to_path_buf();
-        c.validate()?;
         Ok(c)
     }
 

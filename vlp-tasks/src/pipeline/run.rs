@@ -263,8 +263,9 @@ fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
                     cmd.name()
                 ))
             })?;
-            let exp = ExperimentConfig::load(config, &sets)?;
+            let exp = ExperimentConfig::parse(config, &sets)?;
             check_model(&exp, cmd)?;
+            exp.validate()?;
             let res = resolved(&exp)?;
             let trainer = Trainer::new(exp.train_config(), opts.out.clone())?;
             write_text(
@@ -333,8 +334,8 @@ fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
 fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
     let sets = set_refs(opts);
     let exp = match (&opts.config, &opts.resume) {
-        (Some(c), _) => ExperimentConfig::load(c, &sets)?,
-        (None, Some(dir)) => ExperimentConfig::load(dir.join(EXPERIMENT_FILE), &sets)?,
+        (Some(c), _) => ExperimentConfig::parse(c, &sets)?,
+        (None, Some(dir)) => ExperimentConfig::parse(dir.join(EXPERIMENT_FILE), &sets)?,
         (None, None) => {
             return Err(VlpError::Msg(
                 "`vlp eval` needs --config FILE or --resume RUN_DIR".into(),
@@ -342,6 +343,7 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
         }
     };
     check_model(&exp, Command::Eval)?;
+    exp.validate()?;
     let cfg = albef_config(&exp)?;
     // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
     tch::manual_seed(exp.train.seed as i64);
