@@ -96,6 +96,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: vlp_tasks::shapes::cli::ShapesCommand,
     },
+    /// Pre-train a small ALBEF on Shapes, fine-tune retrieval / VQA / NLVR2 / SNLI-VE from it and
+    /// from scratch, VQA on easy-VQA, and print the table (docs/quickstart.md).
+    Quickstart(vlp_tasks::quickstart::QuickstartArgs),
     /// Pre-train a model from an experiment config (docs/experiments.md).
     Pretrain(cli::ExperimentArgs),
     /// Fine-tune a model from an experiment config (usually `model.init`: a pretraining run).
@@ -200,6 +203,7 @@ fn run() -> Result<()> {
         Cmd::Info { model } => cli::info(&model),
         Cmd::Bench { cmd } => cli::bench(cmd, device),
         Cmd::Ablate(a) => cli::ablate(a, device),
+        Cmd::Quickstart(args) => vlp_tasks::quickstart::run(&args, device).map(|_| ()).map_err(Into::into),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {

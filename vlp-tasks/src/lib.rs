@@ -18,6 +18,7 @@ pub mod data;
 pub mod eval;
 pub mod metrics;
 pub mod pipeline;
+pub mod quickstart;
 pub mod score;
 pub mod shapes;
 pub mod train;

@@ -1,0 +1,431 @@
+//! `vlp quickstart`: the whole story of the library in one command on a small CPU.
+//!
+//! 1. Generates the built-in Shapes benchmark into a cache directory when it is absent and finds
+//!    the easy-VQA data set of the project's virtualenv.
+//! 2. Pre-trains a CPU-sized ALBEF (the pipeline's `small` preset) on the Shapes captions with
+//!    ITC + ITM + MLM.
+//! 3. Fine-tunes and evaluates retrieval, VQA, NLVR2 and SNLI-VE on Shapes, from the pre-trained
+//!    weights and from scratch with the same budget, and VQA on easy-VQA (pre-trained).
+//! 4. Prints the table (task, metric, chance, from scratch, pre-trained) and writes a run
+//!    directory: `summary.json`, `metrics.json`, `report.md`, `plots/metrics.png` and one trainer
+//!    run directory per training run (loss curves under `*/plots/loss.png`).
+//!
+//! The models, their [`Trainable`](crate::train::Trainable) implementation, the data sets and
+//! the evaluation are the pipeline's ([`crate::pipeline::albef`]); this module only plans the
+//! budget, wires the runs together and reports. `docs/quickstart.md` has the measured numbers.
+pub mod report;
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tch::Device;
+use vlp_core::{Result, VlpError};
+
+use crate::pipeline::config::Preset;
+use crate::shapes::ShapesConfig;
+use report::{PretrainSummary, Summary, TaskSummary, SUMMARY_VERSION};
+use runner::{Ctx, RunResult, TaskKind};
+
+/// Arguments of `vlp quickstart` (the global `--device` flag picks the device).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct QuickstartArgs {
+    /// Output directory (default: `runs/quickstart-<YYYYmmdd-HHMMSS>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A smoke version (~2 minutes on 2 CPU cores): fewer images, steps and evaluation samples.
+    #[arg(long)]
+    pub quick: bool,
+    /// Seed of the Shapes data and of every training run.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Shapes data directory (generated there when it holds no `shapes.json`; default
+    /// `runs/shapes-<seed>` or `runs/shapes-<seed>-quick`).
+    #[arg(long)]
+    pub shapes: Option<PathBuf>,
+    /// easy-VQA data directory (default: the data of the `easy_vqa` package in `.venv`).
+    #[arg(long)]
+    pub easy_vqa: Option<PathBuf>,
+}
+
+/// Budget of one training stage.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stage {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Samples per step.
+    pub batch_size: usize,
+    /// Peak learning rate (cosine schedule with 5% warm-up).
+    pub lr: f64,
+}
+
+/// Everything the quickstart does, sized: data, model preset, steps and evaluation sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// `default`, `quick` or `test`.
+    pub profile: String,
+    /// The ALBEF size preset.
+    pub preset: Preset,
+    /// The Shapes data set to generate (regions are never needed).
+    pub shapes: ShapesConfig,
+    /// Pre-training.
+    pub pretrain: Stage,
+    /// Shapes retrieval fine-tuning.
+    pub retrieval: Stage,
+    /// Shapes VQA fine-tuning.
+    pub vqa: Stage,
+    /// Shapes NLVR2 fine-tuning.
+    pub nlvr2: Stage,
+    /// Shapes SNLI-VE fine-tuning.
+    pub ve: Stage,
+    /// easy-VQA fine-tuning (`None`: skipped).
+    pub easy_vqa: Option<Stage>,
+    /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
+    pub eval_samples: usize,
+    /// Images of the retrieval gallery (5 captions each).
+    pub retrieval_images: usize,
+    /// easy-VQA test questions evaluated (`None`: all 9,673).
+    pub easy_vqa_eval: Option<usize>,
+    /// Retrieval candidates re-ranked by ITM per query (ALBEF's `k_test`).
+    pub k_test: usize,
+    /// Data loader threads.
+    pub workers: usize,
+    /// The seed.
+    pub seed: u64,
+}
+
+impl Plan {
+    /// The default run (≤ 20 minutes on 2 CPU cores).
+    pub fn default_run(seed: u64) -> Self {
+        let s = |steps, lr| Stage {
+            steps,
+            batch_size: 32,
+            lr,
+        };
+        Plan {
+            profile: "default".into(),
+            preset: Preset::Small,
+            shapes: ShapesConfig {
+                seed,
+                regions: false,
+                ..ShapesConfig::default()
+            },
+            pretrain: s(300, 1e-3),
+            retrieval: s(60, 5e-4),
+            vqa: s(80, 5e-4),
+            nlvr2: s(50, 5e-4),
+            ve: s(80, 5e-4),
+            easy_vqa: Some(s(300, 5e-4)),
+            eval_samples: 500,
+            retrieval_images: 100,
+            easy_vqa_eval: Some(2000),
+            k_test: 10,
+            workers: 1,
+            seed,
+        }
+    }
+
+    /// `--quick`: a smoke version (≤ 2 minutes on 2 CPU cores).
+    pub fn quick(seed: u64) -> Self {
+        let s = |steps, lr| Stage {
+            steps,
+            batch_size: 32,
+            lr,
+        };
+        Plan {
+            profile: "quick".into(),
+            shapes: ShapesConfig {
+                seed,
+                regions: false,
+                train_images: 1000,
+                val_images: 200,
+                test_images: 200,
+                ..ShapesConfig::default()
+            },
+            pretrain: s(30, 1e-3),
+            retrieval: s(10, 5e-4),
+            vqa: s(10, 5e-4),
+            nlvr2: s(8, 5e-4),
+            ve: s(10, 5e-4),
+            easy_vqa: Some(s(30, 5e-4)),
+            eval_samples: 100,
+            retrieval_images: 50,
+            easy_vqa_eval: Some(300),
+            k_test: 8,
+            ..Plan::default_run(seed)
+        }
+    }
+
+    /// The test suite's version: the `tiny` preset, a few hundred images, a few dozen steps.
+    pub fn test(seed: u64) -> Self {
+        let s = |steps, lr| Stage {
+            steps,
+            batch_size: 16,
+            lr,
+        };
+        Plan {
+            profile: "test".into(),
+            preset: Preset::Tiny,
+            shapes: ShapesConfig {
+                seed,
+                regions: false,
+                image_size: 32,
+                train_images: 300,
+                val_images: 60,
+                test_images: 60,
+                ..ShapesConfig::default()
+            },
+            pretrain: s(30, 1e-3),
+            retrieval: s(6, 5e-4),
+            vqa: s(10, 1e-3),
+            nlvr2: s(4, 1e-3),
+            ve: s(40, 1e-3),
+            easy_vqa: Some(s(10, 1e-3)),
+            eval_samples: 60,
+            retrieval_images: 30,
+            easy_vqa_eval: Some(150),
+            k_test: 6,
+            workers: 1,
+            seed,
+        }
+    }
+}
+
+/// The default Shapes cache directory of a plan.
+pub fn default_shapes_dir(plan: &Plan) -> PathBuf {
+    let suffix = match plan.profile.as_str() {
+        "default" => String::new(),
+        p => format!("-{p}"),
+    };
+    PathBuf::from("runs").join(format!("shapes-{}{suffix}", plan.seed))
+}
+
+/// Generates Shapes into `dir` unless it already holds the same configuration (`shapes.json`).
+pub fn ensure_shapes(cfg: &ShapesConfig, dir: &Path) -> Result<bool> {
+    let meta = dir.join("shapes.json");
+    if meta.is_file() {
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&meta).map_err(|e| VlpError::io(&meta, e))?,
+        )
+        .map_err(|e| VlpError::Msg(format!("{}: {e}", meta.display())))?;
+        let want = serde_json::to_value(cfg).map_err(|e| VlpError::Msg(e.to_string()))?;
+        if v.get("config") == Some(&want) {
+            return Ok(false);
+        }
+    }
+    crate::shapes::generate(cfg, dir)?;
+    Ok(true)
+}
+
+/// Runs `vlp quickstart` with its arguments on `device`.
+pub fn run(args: &QuickstartArgs, device: Device) -> Result<Summary> {
+    let plan = if args.quick {
+        Plan::quick(args.seed)
+    } else {
+        Plan::default_run(args.seed)
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "quickstart-{}",
+            crate::train::run_dir::utc_stamp(std::time::SystemTime::now())
+        ))
+    });
+    let shapes = args
+        .shapes
+        .clone()
+        .unwrap_or_else(|| default_shapes_dir(&plan));
+    let summary = run_plan(&plan, &out, &shapes, args.easy_vqa.as_deref(), device)?;
+    println!("\n{}", report::table(&summary));
+    println!(
+        "pre-trained >= from scratch on {} of 4 Shapes tasks; elapsed {:.0} s ({:.1} min); \
+         report: {}",
+        summary.pretrained_wins,
+        summary.elapsed_s,
+        summary.elapsed_s / 60.0,
+        out.join("report.md").display()
+    );
+    Ok(summary)
+}
+
+fn log(step: &mut usize, total: usize, start: &Instant, msg: &str) {
+    *step += 1;
+    println!(
+        "[{}/{}] {:>6.1}s  {msg}",
+        step,
+        total,
+        start.elapsed().as_secs_f64()
+    );
+}
+
+/// Runs a plan: Shapes in `shapes_dir` (generated when absent), easy-VQA from `easy_vqa_dir`
+/// (default: the package's data), everything written under `out`.
+pub fn run_plan(
+    plan: &Plan,
+    out: &Path,
+    shapes_dir: &Path,
+    easy_vqa_dir: Option<&Path>,
+    device: Device,
+) -> Result<Summary> {
+    let start = Instant::now();
+    if out.join("summary.json").exists() || out.join("pretrain").exists() {
+        return Err(VlpError::Msg(format!(
+            "{} already holds a quickstart run: choose another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|e| VlpError::io(out, e))?;
+    let total = 3 + 8 + usize::from(plan.easy_vqa.is_some());
+    let mut step = 0;
+    log(
+        &mut step,
+        total,
+        &start,
+        &format!("Shapes data: {}", shapes_dir.display()),
+    );
+    if ensure_shapes(&plan.shapes, shapes_dir)? {
+        println!("        generated in {:.1}s", start.elapsed().as_secs_f64());
+    } else {
+        println!("        cached");
+    }
+    let easy_dir = match easy_vqa_dir {
+        Some(p) => Some(p.to_path_buf()),
+        None => vlp_core::assets::package_path("easy_vqa", "data").ok(),
+    };
+    let easy_dir = easy_dir.filter(|p| p.join("answers.txt").is_file());
+    if plan.easy_vqa.is_some() && easy_dir.is_none() {
+        println!("        easy-VQA not found (install the `easy-vqa` package): skipped");
+    }
+    let ctx = Ctx::new(plan, out, shapes_dir, easy_dir.as_deref(), device)?;
+
+    log(
+        &mut step,
+        total,
+        &start,
+        &format!(
+            "pre-training ALBEF-{} on Shapes captions (ITC + ITM + MLM), {} steps × {}",
+            plan.preset.name(),
+            plan.pretrain.steps,
+            plan.pretrain.batch_size
+        ),
+    );
+    let t0 = Instant::now();
+    let pre = ctx.pretrain()?;
+    let pretrain = PretrainSummary {
+        steps: pre.steps,
+        samples: pre.samples,
+        first_terms: pre.first_terms.clone(),
+        last_terms: pre.last_terms.clone(),
+        seconds: t0.elapsed().as_secs_f64(),
+        run_dir: "pretrain".into(),
+    };
+    println!(
+        "        losses {} -> {}",
+        fmt_terms(&pre.first_terms),
+        fmt_terms(&pre.last_terms)
+    );
+    let init = out.join("pretrain");
+
+    let mut tasks = BTreeMap::new();
+    let mut wins = 0;
+    for kind in [
+        TaskKind::Retrieval,
+        TaskKind::Vqa,
+        TaskKind::Nlvr2,
+        TaskKind::Ve,
+    ] {
+        let t0 = Instant::now();
+        let mut runs: [Option<RunResult>; 2] = [None, None];
+        for (i, from) in [None, Some(init.as_path())].into_iter().enumerate() {
+            log(
+                &mut step,
+                total,
+                &start,
+                &format!(
+                    "{} from {}",
+                    kind.title(),
+                    if from.is_some() {
+                        "the pre-trained weights"
+                    } else {
+                        "scratch"
+                    }
+                ),
+            );
+            let r = ctx.finetune(kind, from)?;
+            println!("        {} = {:.2}", kind.metric(), r.value);
+            runs[i] = Some(r);
+        }
+        let [s, p] = runs;
+        let (s, p) = (s.expect("ran"), p.expect("ran"));
+        if p.value >= s.value {
+            wins += 1;
+        }
+        tasks.insert(
+            kind.key().to_string(),
+            TaskSummary {
+                task: kind.title().into(),
+                metric: kind.metric().into(),
+                chance: p.chance,
+                from_scratch: Some(s.value),
+                pretrained: Some(p.value),
+                from_scratch_details: s.metrics,
+                pretrained_details: p.metrics,
+                steps: p.steps,
+                seconds: t0.elapsed().as_secs_f64(),
+            },
+        );
+    }
+    if let (Some(_), Some(_)) = (&plan.easy_vqa, &easy_dir) {
+        let t0 = Instant::now();
+        log(
+            &mut step,
+            total,
+            &start,
+            "easy-VQA from the pre-trained weights",
+        );
+        let r = ctx.finetune(TaskKind::EasyVqa, Some(init.as_path()))?;
+        println!(
+            "        accuracy = {:.2} (yes/no {:.1}, color {:.1}, shape {:.1})",
+            r.value,
+            r.metrics.get("acc_yes/no").copied().unwrap_or(f64::NAN),
+            r.metrics.get("acc_color").copied().unwrap_or(f64::NAN),
+            r.metrics.get("acc_shape").copied().unwrap_or(f64::NAN)
+        );
+        tasks.insert(
+            "easy_vqa".into(),
+            TaskSummary {
+                task: TaskKind::EasyVqa.title().into(),
+                metric: TaskKind::EasyVqa.metric().into(),
+                chance: r.chance,
+                from_scratch: None,
+                pretrained: Some(r.value),
+                from_scratch_details: BTreeMap::new(),
+                pretrained_details: r.metrics,
+                steps: r.steps,
+                seconds: t0.elapsed().as_secs_f64(),
+            },
+        );
+    }
+    log(&mut step, total, &start, "writing the report");
+    let summary = Summary {
+        version: SUMMARY_VERSION,
+        profile: plan.profile.clone(),
+        seed: plan.seed,
+        device: format!("{device:?}").to_lowercase(),
+        shapes_dir: shapes_dir.display().to_string(),
+        easy_vqa_dir: easy_dir.map(|p| p.display().to_string()),
+        pretrain,
+        tasks,
+        pretrained_wins: wins,
+        elapsed_s: start.elapsed().as_secs_f64(),
+    };
+    report::write_all(out, &summary)?;
+    Ok(summary)
+}
+
+fn fmt_terms(t: &BTreeMap<String, f64>) -> String {
+    t.iter()
+        .map(|(k, v)| format!("{k} {v:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,786 @@
+//! The training runs of the quickstart, on the pipeline's ALBEF pieces
+//! ([`crate::pipeline::albef`]): models and their `Trainable`, batches (`collate`), evaluation.
+//!
+//! What is specific to the quickstart: the experiment configs are built in code from a
+//! [`Plan`]; Shapes is read **without augmentation** (random crops and flips would change the
+//! answers to counting, position and left/right questions and the captions' positions; easy-VQA
+//! gets horizontal flips only); the easy-VQA evaluation encodes each test image once for all of
+//! its questions and reports the accuracy per answer type; chance levels are computed from the
+//! evaluation data.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tch::{Device, Kind, Tensor};
+use vlp_core::image::{ImageTransform, ImageTransformConfig, Normalize};
+use vlp_core::layers::bert::CrossInput;
+use vlp_core::text::Tokenizer;
+use vlp_core::{Result, VlpError};
+use vlp_models::albef::{AlbefConfig, AlbefVqa};
+
+use super::{Plan, Stage};
+use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, Split as EasySplit};
+use crate::data::karpathy::{self, CaptionDataset};
+use crate::data::loader::{stack_images, DataLoader, LoaderConfig};
+use crate::data::nlvr2::{self, Nlvr2Dataset};
+use crate::data::snli_ve::{self, VeDataset};
+use crate::data::vqa::{self as vqa_data, VqaDataset};
+use crate::data::{ReadOptions, TextPrep};
+use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
+use crate::pipeline::albef::{
+    albef_config, collate, eval_data, evaluate, load_init, AlbefBatch, AlbefModel, AlbefTrainable,
+    AnyDataset, AnySample, EvalData, EvalSetup, TextEncoder,
+};
+use crate::pipeline::config::{
+    DataSection, EvalSection, ExperimentConfig, Files, InitMode, ModelSection, Task,
+};
+use crate::train::{LoaderSource, ScheduleConfig, TrainConfig, Trainer};
+
+/// Words kept per caption / question (Shapes' full descriptions name up to four objects with
+/// their positions).
+pub const MAX_WORDS: usize = 40;
+/// Token truncation length.
+pub const MAX_TEXT_LEN: usize = 48;
+
+/// The fine-tuning tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    /// Shapes image–text retrieval.
+    Retrieval,
+    /// Shapes VQA.
+    Vqa,
+    /// Shapes NLVR2.
+    Nlvr2,
+    /// Shapes SNLI-VE.
+    Ve,
+    /// easy-VQA.
+    EasyVqa,
+}
+
+impl TaskKind {
+    /// Key in `summary.json`.
+    pub fn key(self) -> &'static str {
+        match self {
+            TaskKind::Retrieval => "retrieval",
+            TaskKind::Vqa => "vqa",
+            TaskKind::Nlvr2 => "nlvr2",
+            TaskKind::Ve => "ve",
+            TaskKind::EasyVqa => "easy_vqa",
+        }
+    }
+
+    /// Name in the table.
+    pub fn title(self) -> &'static str {
+        match self {
+            TaskKind::Retrieval => "Shapes retrieval",
+            TaskKind::Vqa => "Shapes VQA",
+            TaskKind::Nlvr2 => "Shapes NLVR2",
+            TaskKind::Ve => "Shapes SNLI-VE",
+            TaskKind::EasyVqa => "easy-VQA",
+        }
+    }
+
+    /// The headline metric.
+    pub fn metric(self) -> &'static str {
+        match self {
+            TaskKind::Retrieval => "r_mean",
+            TaskKind::Vqa => "vqa_acc",
+            _ => "accuracy",
+        }
+    }
+
+    /// The ALBEF variant fine-tuned.
+    pub fn variant(self) -> &'static str {
+        match self {
+            TaskKind::Retrieval => "retrieval",
+            TaskKind::Vqa | TaskKind::EasyVqa => "vqa",
+            TaskKind::Nlvr2 => "nlvr2",
+            TaskKind::Ve => "ve",
+        }
+    }
+
+    fn task(self) -> Task {
+        match self {
+            TaskKind::Retrieval => Task::Retrieval,
+            TaskKind::Vqa => Task::Vqa,
+            TaskKind::Nlvr2 => Task::Nlvr2,
+            TaskKind::Ve => Task::Ve,
+            TaskKind::EasyVqa => Task::EasyVqa,
+        }
+    }
+}
+
+/// The outcome of one fine-tuning run.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The headline metric (percent).
+    pub value: f64,
+    /// Its chance level on the same evaluation data (percent).
+    pub chance: f64,
+    /// Every metric.
+    pub metrics: BTreeMap<String, f64>,
+    /// Optimizer steps.
+    pub steps: u64,
+}
+
+/// The outcome of pre-training.
+#[derive(Debug, Clone)]
+pub struct PretrainResult {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Pairs seen.
+    pub samples: u64,
+    /// Loss terms of the first logged window.
+    pub first_terms: BTreeMap<String, f64>,
+    /// Loss terms of the last logged window.
+    pub last_terms: BTreeMap<String, f64>,
+}
+
+/// What every run shares: the plan, the directories, the device and the tokenizer.
+#[derive(Debug)]
+pub struct Ctx<'a> {
+    plan: &'a Plan,
+    out: PathBuf,
+    shapes: PathBuf,
+    easy: Option<PathBuf>,
+    device: Device,
+    tokenizer: Arc<Tokenizer>,
+    vocab: PathBuf,
+    vocab_size: usize,
+}
+
+fn yaml_map(pairs: &[(&str, serde_yaml::Value)]) -> serde_yaml::Value {
+    let mut m = serde_yaml::Mapping::new();
+    for (k, v) in pairs {
+        m.insert(serde_yaml::Value::String((*k).into()), v.clone());
+    }
+    serde_yaml::Value::Mapping(m)
+}
+
+fn one(p: &str) -> Files {
+    Files::One(PathBuf::from(p))
+}
+
+fn none() -> Files {
+    Files::Many(Vec::new())
+}
+
+impl<'a> Ctx<'a> {
+    /// Writes `<out>/vocab.txt` ([`write_vocab`]) and reads it as the tokenizer.
+    pub fn new(
+        plan: &'a Plan,
+        out: &Path,
+        shapes: &Path,
+        easy: Option<&Path>,
+        device: Device,
+    ) -> Result<Self> {
+        let vocab = out.join("vocab.txt");
+        let vocab_size = write_vocab(&vocab, shapes, easy)?;
+        let tokenizer = Arc::new(Tokenizer::from_file(&vocab)?);
+        Ok(Ctx {
+            vocab,
+            vocab_size,
+            plan,
+            out: out.to_path_buf(),
+            shapes: shapes.to_path_buf(),
+            easy: easy.map(Path::to_path_buf),
+            device,
+            tokenizer,
+        })
+    }
+
+    fn enc(&self) -> TextEncoder {
+        TextEncoder {
+            tokenizer: self.tokenizer.clone(),
+            max_len: MAX_TEXT_LEN,
+        }
+    }
+
+    /// The experiment config of a run (`kind` `None`: pre-training).
+    pub fn experiment(
+        &self,
+        kind: Option<TaskKind>,
+        stage: &Stage,
+        name: &str,
+        init: Option<&Path>,
+    ) -> Result<ExperimentConfig> {
+        let (task, variant) = match kind {
+            None => (Task::Pretrain, "pretrain"),
+            Some(k) => (k.task(), k.variant()),
+        };
+        let (root, train, val, answers) = match task {
+            Task::Pretrain => (&self.shapes, one("pretrain.json"), none(), None),
+            Task::Retrieval => (
+                &self.shapes,
+                one("retrieval_train.json"),
+                one("retrieval_val.json"),
+                None,
+            ),
+            Task::Vqa => (
+                &self.shapes,
+                one("vqa_train.json"),
+                one("vqa_val.json"),
+                Some(PathBuf::from("answer_list.json")),
+            ),
+            Task::Nlvr2 => (
+                &self.shapes,
+                one("nlvr2_train.json"),
+                one("nlvr2_val.json"),
+                None,
+            ),
+            Task::Ve => (&self.shapes, one("ve_train.json"), one("ve_val.json"), None),
+            Task::EasyVqa => (
+                self.easy
+                    .as_ref()
+                    .ok_or_else(|| VlpError::Msg("easy-VQA data not found".into()))?,
+                none(),
+                none(),
+                None,
+            ),
+        };
+        let plan = self.plan;
+        let mut t = TrainConfig {
+            name: name.into(),
+            max_steps: Some(stage.steps),
+            batch_size: stage.batch_size,
+            seed: plan.seed,
+            log_every: (stage.steps / 40).clamp(1, 25),
+            ckpt_every: 0,
+            keep_checkpoints: Some(1),
+            plot_every: stage.steps.max(1),
+            progress: true,
+            clip_grad_norm: Some(5.0),
+            ..TrainConfig::default()
+        };
+        t.optimizer.lr = stage.lr;
+        t.optimizer.weight_decay = 0.02;
+        t.schedule = ScheduleConfig {
+            warmup: (stage.steps / 20).max(1),
+            min_lr: stage.lr * 0.02,
+            ..ScheduleConfig::default()
+        };
+        if task == Task::Pretrain {
+            t.objectives = [("itc", 1.0), ("itm", 1.0), ("mlm", 1.0)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        }
+        let max_samples = match task {
+            Task::Retrieval => Some(plan.retrieval_images),
+            Task::EasyVqa => plan.easy_vqa_eval,
+            _ => Some(plan.eval_samples),
+        };
+        let exp = ExperimentConfig {
+            model: ModelSection {
+                name: "albef".into(),
+                variant: variant.into(),
+                preset: plan.preset,
+                // No momentum distillation when fine-tuning: half the forward passes on CPU.
+                // The vocabulary of the data (a few hundred words): the MLM / answer heads over
+                // bert-base's 30,522 tokens would cost more than the rest of the model.
+                config: Some(yaml_map(&[
+                    ("distill", serde_yaml::Value::Bool(false)),
+                    (
+                        "bert",
+                        yaml_map(&[(
+                            "vocab_size",
+                            serde_yaml::Value::from(self.vocab_size as u64),
+                        )]),
+                    ),
+                ])),
+                init: init.map(Path::to_path_buf),
+                init_mode: InitMode::Partial,
+            },
+            data: DataSection {
+                task,
+                root: Some(root.clone()),
+                train_file: train,
+                val_file: val,
+                test_file: none(),
+                image_root: None,
+                answer_list: answers,
+                image_size: None,
+                normalize: Normalize::Clip,
+                max_words: MAX_WORDS,
+                max_text_len: MAX_TEXT_LEN,
+                tokenizer: Some(self.vocab.clone()),
+                num_workers: plan.workers,
+                skip_bad_samples: false,
+            },
+            train: t,
+            eval: EvalSection {
+                split: "val".into(),
+                every: None,
+                k_test: plan.k_test,
+                batch_size: 64,
+                max_samples,
+            },
+            source: self.out.join(format!("{name}.yaml")),
+        };
+        exp.validate()?;
+        Ok(exp)
+    }
+
+    fn transform(&self, cfg: &AlbefConfig, task: Task) -> Result<ImageTransform> {
+        let size = cfg.image_res as u32;
+        let mut c = ImageTransformConfig::eval(size, Normalize::Clip);
+        if task == Task::EasyVqa {
+            // One shape per image and no position question: flips are safe.
+            c = ImageTransformConfig {
+                train: true,
+                scale: (1.0, 1.0),
+                ratio: (1.0, 1.0),
+                ..ImageTransformConfig::train(size, Normalize::Clip)
+            };
+        }
+        ImageTransform::new(c)
+    }
+
+    /// The training set, without augmentation (see the module documentation).
+    fn dataset(&self, exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDataset> {
+        let tf = self.transform(cfg, exp.data.task)?;
+        let opts = ReadOptions::new(exp.image_root());
+        let prep = TextPrep::Albef {
+            max_words: MAX_WORDS,
+        };
+        let files = exp.split_files("train");
+        Ok(match exp.data.task {
+            Task::Pretrain | Task::Retrieval => AnyDataset::Caption(CaptionDataset::new(
+                karpathy::read_many(&files, &opts)?.items,
+                tf,
+                prep,
+            )),
+            Task::Vqa => {
+                let mut qs = Vec::new();
+                for f in &files {
+                    qs.extend(vqa_data::read_albef(f, &opts, None)?.items);
+                }
+                AnyDataset::Vqa(VqaDataset::new(
+                    qs,
+                    tf,
+                    prep,
+                    ScoreConvention::CountOverLen,
+                    None,
+                ))
+            }
+            Task::Nlvr2 => {
+                let mut ex = Vec::new();
+                for f in &files {
+                    ex.extend(nlvr2::read(f, &opts)?.items);
+                }
+                AnyDataset::Nlvr2(Nlvr2Dataset::new(ex, tf, prep))
+            }
+            Task::Ve => {
+                let mut ex = Vec::new();
+                for f in &files {
+                    ex.extend(snli_ve::read(f, &opts)?.items);
+                }
+                AnyDataset::Ve(VeDataset::new(ex, tf, prep))
+            }
+            Task::EasyVqa => {
+                let root = exp
+                    .data
+                    .root
+                    .clone()
+                    .ok_or_else(|| VlpError::Msg("easy-VQA data not found".into()))?;
+                let ev = EasyVqa::open(root)?;
+                let qs = ev.read(EasySplit::Train, false)?.items;
+                AnyDataset::EasyVqa(
+                    EasyVqaDataset::new(qs, tf),
+                    Arc::new(ev.answers.answers().to_vec()),
+                )
+            }
+        })
+    }
+
+    fn train(
+        &self,
+        exp: &ExperimentConfig,
+        name: &str,
+    ) -> Result<(AlbefTrainable, crate::train::TrainOutcome)> {
+        let cfg = albef_config(exp)?;
+        let mut model = AlbefModel::build(&exp.model.variant, &cfg, self.device)?;
+        if let Some(init) = &exp.model.init {
+            let report = load_init(&mut model, init, exp.model.init_mode)?;
+            if !report.is_clean() {
+                tracing::info!("{name}: initialised from {}: {report}", init.display());
+            }
+        }
+        let ds = self.dataset(exp, &cfg)?;
+        let mut lc = LoaderConfig::new(exp.train.batch_size);
+        lc.seed = exp.train.seed;
+        lc.num_workers = exp.data.num_workers;
+        lc.drop_last = ds_len(&ds) >= exp.train.batch_size;
+        let enc = self.enc();
+        let loader = DataLoader::new(ds, move |s: Vec<AnySample>| collate(&enc, s), lc)?;
+        let mut source = LoaderSource::new(loader, |b: &AlbefBatch| b.len());
+        let dir = self.out.join(name);
+        let mut trainer = Trainer::new(exp.train_config(), Some(dir))?;
+        let mut trainable = AlbefTrainable {
+            model,
+            alpha: cfg.alpha,
+        };
+        let outcome = trainer.fit(&mut trainable, &mut source, None)?;
+        Ok((trainable, outcome))
+    }
+
+    /// Pre-trains on the Shapes captions; the run directory is `<out>/pretrain`.
+    pub fn pretrain(&self) -> Result<PretrainResult> {
+        let exp = self.experiment(None, &self.plan.pretrain, "pretrain", None)?;
+        let (_, outcome) = self.train(&exp, "pretrain")?;
+        let first = outcome.history.first();
+        let last = outcome.history.last();
+        Ok(PretrainResult {
+            steps: outcome.step,
+            samples: last.map_or(0, |r| r.samples),
+            first_terms: first.map(|r| r.terms.clone()).unwrap_or_default(),
+            last_terms: last.map(|r| r.terms.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Fine-tunes `kind` (from `init`, a run directory, or from scratch) and evaluates it on the
+    /// validation split (easy-VQA: its test split).
+    pub fn finetune(&self, kind: TaskKind, init: Option<&Path>) -> Result<RunResult> {
+        let stage = match kind {
+            TaskKind::Retrieval => self.plan.retrieval,
+            TaskKind::Vqa => self.plan.vqa,
+            TaskKind::Nlvr2 => self.plan.nlvr2,
+            TaskKind::Ve => self.plan.ve,
+            TaskKind::EasyVqa => self
+                .plan
+                .easy_vqa
+                .ok_or_else(|| VlpError::Msg("easy-VQA is not planned".into()))?,
+        };
+        let name = format!(
+            "{}-{}",
+            kind.key(),
+            if init.is_some() {
+                "pretrained"
+            } else {
+                "scratch"
+            }
+        );
+        let exp = self.experiment(Some(kind), &stage, &name, init)?;
+        let (mut trainable, outcome) = self.train(&exp, &name)?;
+        let cfg = albef_config(&exp)?;
+        let data = eval_data(&exp)?;
+        let setup = EvalSetup {
+            enc: self.enc(),
+            transform: ImageTransform::new(ImageTransformConfig::eval(
+                cfg.image_res as u32,
+                Normalize::Clip,
+            ))?,
+            k_test: exp.eval.k_test,
+            batch_size: exp.eval.batch_size,
+            num_workers: self.plan.workers,
+        };
+        let chance = chance_level(&data);
+        let (value, metrics) = match (kind, &trainable.model) {
+            (TaskKind::EasyVqa, AlbefModel::Vqa(m)) => {
+                let metrics = tch::no_grad(|| easy_vqa_eval(m, &data, &setup))?;
+                (metrics["accuracy"], metrics)
+            }
+            _ => {
+                let metrics = evaluate(&mut trainable.model, &data, &setup)?;
+                let key = match kind {
+                    TaskKind::Retrieval => "r_mean",
+                    TaskKind::Vqa => "vqa_acc",
+                    _ => "acc",
+                };
+                let v = *metrics.get(key).ok_or_else(|| {
+                    VlpError::Msg(format!("{name}: the evaluation returned no `{key}`"))
+                })?;
+                (v, metrics)
+            }
+        };
+        let js = serde_json::json!({"metrics": metrics, "chance": chance, "steps": outcome.step});
+        crate::train::checkpoint::write_atomic(
+            &self.out.join(&name).join("eval.json"),
+            serde_json::to_string_pretty(&js)
+                .map_err(|e| VlpError::Msg(e.to_string()))?
+                .as_bytes(),
+        )?;
+        Ok(RunResult {
+            value,
+            chance,
+            metrics,
+            steps: outcome.step,
+        })
+    }
+}
+
+/// Ids of bert-base-uncased's special tokens, kept in the small vocabulary so that every
+/// default (`SpecialTokens::default()`, `pad_token_id`) stays right.
+const SPECIALS: [(usize, &str); 5] = [
+    (0, "[PAD]"),
+    (100, "[UNK]"),
+    (101, "[CLS]"),
+    (102, "[SEP]"),
+    (103, "[MASK]"),
+];
+
+fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => {
+            // Image paths are not text.
+            if !s.contains('/') && !s.ends_with(".png") {
+                out.push(s.clone());
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
+        _ => {}
+    }
+}
+
+/// The words of a text as BERT's basic tokenizer splits it (lower case; punctuation apart).
+pub fn basic_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for ch in text.to_lowercase().chars() {
+        if ch.is_alphanumeric() {
+            cur.push(ch);
+        } else {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            if !ch.is_whitespace() {
+                out.push(ch.to_string());
+            }
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Writes a WordPiece `vocab.txt` holding every word of the Shapes training texts and answer
+/// list and of easy-VQA's training questions and answers (whole words, sorted), with the special
+/// tokens at bert-base-uncased's ids (`[unusedN]` fill the gaps); returns its size. Words of the
+/// evaluation texts that are not in it become `[UNK]`.
+pub fn write_vocab(path: &Path, shapes: &Path, easy: Option<&Path>) -> Result<usize> {
+    let mut files: Vec<PathBuf> = [
+        "pretrain.json",
+        "retrieval_train.json",
+        "vqa_train.json",
+        "nlvr2_train.json",
+        "ve_train.json",
+        "answer_list.json",
+    ]
+    .iter()
+    .map(|f| shapes.join(f))
+    .collect();
+    if let Some(e) = easy {
+        files.push(e.join("train").join("questions.json"));
+    }
+    let mut words = std::collections::BTreeSet::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).map_err(|e| VlpError::io(f, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| VlpError::Msg(format!("{}: {e}", f.display())))?;
+        let mut strings = Vec::new();
+        collect_strings(&v, &mut strings);
+        for s in strings {
+            words.extend(basic_words(&s));
+        }
+    }
+    if let Some(e) = easy {
+        let f = e.join("answers.txt");
+        let text = std::fs::read_to_string(&f).map_err(|e| VlpError::io(&f, e))?;
+        words.extend(text.lines().flat_map(basic_words));
+    }
+    let mut lines: Vec<String> = (0..104).map(|i| format!("[unused{i}]")).collect();
+    for (i, s) in SPECIALS {
+        lines[i] = s.to_string();
+    }
+    lines.extend(words.into_iter().filter(|w| !w.is_empty()));
+    let n = lines.len();
+    crate::train::checkpoint::write_atomic(path, (lines.join("\n") + "\n").as_bytes())?;
+    Ok(n)
+}
+
+fn ds_len(ds: &AnyDataset) -> usize {
+    use crate::data::loader::Dataset;
+    ds.len()
+}
+
+/// Probability that a uniformly random ranking of `t` candidates, `m` of them correct, puts one
+/// in the top `k`.
+fn hit_at_k(t: usize, m: usize, k: usize) -> f64 {
+    let mut miss = 1.0;
+    for j in 0..k.min(t) {
+        if t - j == 0 || t < m + j {
+            return 1.0;
+        }
+        miss *= (t - m - j) as f64 / (t - j) as f64;
+    }
+    1.0 - miss
+}
+
+/// What a model that ignores its input scores, in percent: random rankings (retrieval: the mean
+/// of the six recalls), the best constant answer (VQA), the majority class (NLVR2, SNLI-VE).
+pub fn chance_level(data: &EvalData) -> f64 {
+    match data {
+        EvalData::Retrieval { gallery } => {
+            let n = gallery.images.len();
+            let t = gallery.texts.len();
+            if n == 0 || t == 0 {
+                return 0.0;
+            }
+            let mut sum = 0.0;
+            for k in [1, 5, 10] {
+                let txt = k.min(n) as f64 / n as f64;
+                let img = gallery
+                    .img2txt
+                    .iter()
+                    .map(|v| hit_at_k(t, v.len(), k))
+                    .sum::<f64>()
+                    / n as f64;
+                sum += txt + img;
+            }
+            100.0 * sum / 6.0
+        }
+        EvalData::Vqa {
+            questions,
+            answers,
+            exact,
+        } => {
+            let n = questions.len().max(1) as f64;
+            let mut best: f64 = 0.0;
+            for a in answers {
+                let s: f64 = questions
+                    .iter()
+                    .map(|q| {
+                        if *exact {
+                            f64::from(u8::from(q.answers.first() == Some(a)))
+                        } else {
+                            let gts: Vec<GtAnswer> =
+                                q.answers.iter().map(|x| GtAnswer::new(x.clone())).collect();
+                            vqa_accuracy(a, &gts)
+                        }
+                    })
+                    .sum();
+                best = best.max(s / n);
+            }
+            100.0 * best
+        }
+        EvalData::Nlvr2(v) => majority(v.iter().map(|e| e.3)),
+        EvalData::Ve(v) => majority(v.iter().map(|e| e.2)),
+    }
+}
+
+fn majority(labels: impl Iterator<Item = i64>) -> f64 {
+    let mut c: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut n = 0;
+    for l in labels {
+        *c.entry(l).or_default() += 1;
+        n += 1;
+    }
+    100.0 * c.values().copied().max().unwrap_or(0) as f64 / n.max(1) as f64
+}
+
+/// The answer type of an easy-VQA answer: `yes/no`, `shape` or `color`.
+pub fn easy_vqa_answer_type(answer: &str) -> &'static str {
+    match answer {
+        "yes" | "no" => "yes/no",
+        "circle" | "rectangle" | "triangle" => "shape",
+        _ => "color",
+    }
+}
+
+/// easy-VQA test accuracy (exact match of the top-ranked answer), overall and per answer type
+/// (`acc_yes/no`, `acc_color`, `acc_shape`), in percent. Each image is encoded once for all of
+/// its questions in a chunk.
+pub fn easy_vqa_eval(
+    m: &AlbefVqa,
+    data: &EvalData,
+    setup: &EvalSetup,
+) -> Result<BTreeMap<String, f64>> {
+    let EvalData::Vqa {
+        questions, answers, ..
+    } = data
+    else {
+        return Err(VlpError::Msg("easy-VQA evaluation needs VQA data".into()));
+    };
+    let dev = m.visual_encoder_device();
+    let refs: Vec<&str> = answers.iter().map(String::as_str).collect();
+    let (aid, amask) = setup.enc.encode_answers(&refs)?;
+    let (aid, amask) = (aid.to_device(dev), amask.to_device(dev));
+    let k = answers.len() as i64;
+    let mut correct: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut rng = StdRng::seed_from_u64(0);
+    // Group by image so that each image is encoded once.
+    let mut order: Vec<usize> = (0..questions.len()).collect();
+    order.sort_by(|&a, &b| questions[a].image.cmp(&questions[b].image));
+    for chunk in order.chunks(setup.batch_size.max(1) * 4) {
+        let mut uniq: Vec<&Path> = Vec::new();
+        let mut which = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let p = questions[i].image.as_path();
+            if uniq.last() != Some(&p) {
+                uniq.push(p);
+            }
+            which.push(uniq.len() as i64 - 1);
+        }
+        let imgs = uniq
+            .iter()
+            .map(|p| setup.transform.apply_path(p, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
+        let img = stack_images(imgs)?.to_device(dev);
+        let emb = m.visual_encoder.forward_t(&img, false);
+        let emb = emb.index_select(0, &Tensor::from_slice(&which).to_device(dev));
+        let qs: Vec<&str> = chunk
+            .iter()
+            .map(|&i| questions[i].question.as_str())
+            .collect();
+        let (qi, qm) = setup.enc.encode(&qs)?;
+        let (qi, qm) = (qi.to_device(dev), qm.to_device(dev));
+        let cross = [CrossInput {
+            states: &emb,
+            mask: None,
+        }];
+        let states = m.text_encoder.multimodal(&qi, &qm, &cross, false);
+        let (ids, _) = m.rank_answer(&states, &qm, &aid, &amask, k)?;
+        let best =
+            Vec::<i64>::try_from(ids.select(1, 0).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+        for (&i, b) in chunk.iter().zip(best) {
+            let gt = questions[i]
+                .answers
+                .first()
+                .map(String::as_str)
+                .unwrap_or("");
+            let ok = answers.get(b as usize).map(String::as_str) == Some(gt);
+            for key in ["all", easy_vqa_answer_type(gt)] {
+                let e = correct.entry(key).or_default();
+                e.0 += usize::from(ok);
+                e.1 += 1;
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (k, (c, n)) in correct {
+        let name = if k == "all" {
+            "accuracy".to_string()
+        } else {
+            format!("acc_{k}")
+        };
+        out.insert(name, 100.0 * c as f64 / n.max(1) as f64);
+    }
+    out.entry("accuracy".into()).or_insert(0.0);
+    Ok(out)
+}
+
+/// The device of a VQA model's weights.
+trait DeviceOf {
+    fn visual_encoder_device(&self) -> Device;
+}
+
+impl DeviceOf for AlbefVqa {
+    fn visual_encoder_device(&self) -> Device {
+        use vlp_models::VlpModel;
+        self.var_store().device()
+    }
+}

@@ -1,0 +1,92 @@
+//! `vlp quickstart` end to end at the test size (`Plan::test`: the `tiny` ALBEF preset on 32 px
+//! Shapes, a few dozen steps): every stage runs, the metrics are above chance where a few steps
+//! suffice, and the run directory holds the documented files with the documented schema.
+use std::path::Path;
+
+use tch::Device;
+use vlp_tasks::quickstart::report::{Summary, TASK_KEYS};
+use vlp_tasks::quickstart::{run_plan, Plan};
+
+fn check_schema(dir: &Path, s: &Summary) {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    assert!(v["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["version"], 1);
+    for k in TASK_KEYS {
+        let t = &v["tasks"][k];
+        assert!(t.is_object(), "summary.json has no task `{k}`: {v}");
+        assert!(t["metric"].is_string());
+        assert!(t["chance"].as_f64().is_some());
+        assert!(t["pretrained"].as_f64().is_some(), "{k}: {t}");
+        if k == "easy_vqa" {
+            for ty in ["acc_yes/no", "acc_color", "acc_shape"] {
+                assert!(t["pretrained_details"][ty].as_f64().is_some(), "{ty}: {t}");
+            }
+        } else {
+            assert!(t["from_scratch"].as_f64().is_some(), "{k}: {t}");
+        }
+    }
+    assert!(v["pretrain"]["steps"].as_u64().unwrap() > 0);
+    let back: Summary = serde_json::from_value(v).unwrap();
+    assert_eq!(back.tasks.len(), s.tasks.len());
+    assert_eq!(back.pretrained_wins, s.pretrained_wins);
+    for f in [
+        "metrics.json",
+        "report.md",
+        "plots/metrics.png",
+        "pretrain/plots/loss.png",
+        "pretrain/metrics.jsonl",
+        "vqa-pretrained/plots/loss.png",
+        "vqa-scratch/eval.json",
+        "easy_vqa-pretrained/eval.json",
+    ] {
+        assert!(dir.join(f).is_file(), "missing {f}");
+    }
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("| Shapes VQA |") && md.contains("| easy-VQA |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn quickstart_runs_end_to_end_above_chance() {
+    let tmp = std::env::temp_dir().join(format!("vlp-quickstart-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let plan = Plan::test(0);
+    let out = tmp.join("run");
+    let s = run_plan(&plan, &out, &tmp.join("shapes"), None, Device::Cpu).unwrap();
+    check_schema(&out, &s);
+    let table = vlp_tasks::quickstart::report::table(&s);
+    println!("{table}");
+    for (k, t) in s.ordered() {
+        for v in [t.from_scratch, t.pretrained].into_iter().flatten() {
+            assert!(v.is_finite() && (0.0..=100.0).contains(&v), "{k}: {v}");
+        }
+        assert!(
+            t.chance > 0.0 && t.chance < 100.0,
+            "{k}: chance {}",
+            t.chance
+        );
+    }
+    // Pre-training learns: the MLM loss ends below its chance level (ln of the vocabulary size)
+    // and below where it started.
+    let vocab = std::fs::read_to_string(out.join("vocab.txt"))
+        .unwrap()
+        .lines()
+        .count();
+    let (first, last) = (&s.pretrain.first_terms, &s.pretrain.last_terms);
+    assert!(
+        last["mlm"] < first["mlm"] && last["mlm"] < (vocab as f64).ln(),
+        "{first:?} -> {last:?}"
+    );
+    assert!(last["itc"] < first["itc"], "{first:?} -> {last:?}");
+    // SNLI-VE gets the most steps at this size: its neutral hypotheses are recognisable by their
+    // words, so a few dozen steps beat the majority class.
+    let ve = &s.tasks["ve"];
+    let best = ve.from_scratch.unwrap().max(ve.pretrained.unwrap());
+    assert!(best > ve.chance + 3.0, "{table}");
+    // A second run reuses the generated Shapes data.
+    assert!(!vlp_tasks::quickstart::ensure_shapes(&plan.shapes, &tmp.join("shapes")).unwrap());
+    let _ = std::fs::remove_dir_all(&tmp);
+}
