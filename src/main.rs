@@ -238,7 +238,7 @@ fn smoke(sentences: Vec<String>, device: tch::Device) -> Result<()> {
     let sd = model.adapt_state_dict(sd)?;
     let report = checkpoint::load_state_dict(model.var_store_mut(), &sd, LoadMode::Strict, &ckpt.display().to_string())?;
     println!("loaded {} tensors strictly from {} on {:?}", report.loaded.len(), ckpt.display(), device);
-    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+    let tok = Tokenizer::from_file(dir.join("tokenizer.json"))?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let batch = tok.encode_batch(
         &refs,

@@ -33,7 +33,7 @@ fn tokenizer_matches_hf_ids_from_tokenizer_json_and_vocab_txt() {
     let get = |n: &str| inputs.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
     let dir = vlp_core::assets::minilm_dir().unwrap();
     for file in ["tokenizer.json", "vocab.txt"] {
-        let tok = Tokenizer::from_file(&dir.join(file)).unwrap();
+        let tok = Tokenizer::from_file(dir.join(file)).unwrap();
         let b = tok
             .encode_batch(
                 &sentences,
