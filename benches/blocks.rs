@@ -19,8 +19,22 @@ struct Size {
 }
 
 const SIZES: &[Size] = &[
-    Size { name: "tiny", dim: 64, heads: 4, batch: 2, text_len: 16, img_tokens: 17 },
-    Size { name: "base", dim: 768, heads: 12, batch: 2, text_len: 30, img_tokens: 197 },
+    Size {
+        name: "tiny",
+        dim: 64,
+        heads: 4,
+        batch: 2,
+        text_len: 16,
+        img_tokens: 17,
+    },
+    Size {
+        name: "base",
+        dim: 768,
+        heads: 12,
+        batch: 2,
+        text_len: 30,
+        img_tokens: 197,
+    },
 ];
 
 fn randn(shape: &[i64]) -> Tensor {
@@ -34,17 +48,39 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for s in SIZES {
         let vs = VarStore::new(Device::Cpu);
-        let att = MultiHeadAttention::new(&vs.root(), &AttentionConfig::new(s.dim, s.heads, QkvLayout::Fused { bias: true }));
+        let att = MultiHeadAttention::new(
+            &vs.root(),
+            &AttentionConfig::new(s.dim, s.heads, QkvLayout::Fused { bias: true }),
+        );
         let img = randn(&[s.batch, s.img_tokens, s.dim]);
-        g.bench_function(format!("attention/{}", s.name), |b| b.iter(|| att.forward_t(&img, None, None, false)));
+        g.bench_function(format!("attention/{}", s.name), |b| {
+            b.iter(|| att.forward_t(&img, None, None, false))
+        });
 
-        let mut bc = BertConfig { hidden_size: s.dim, num_attention_heads: s.heads, intermediate_size: 4 * s.dim, ..Default::default() };
+        let mut bc = BertConfig {
+            hidden_size: s.dim,
+            num_attention_heads: s.heads,
+            intermediate_size: 4 * s.dim,
+            ..Default::default()
+        };
         bc.encoder_width = Some(s.dim);
         let layer = BertLayer::new(&(vs.root() / "bert"), &bc.layer_config(true));
         let txt = randn(&[s.batch, s.text_len, s.dim]);
-        g.bench_function(format!("bert_layer/{}", s.name), |b| b.iter(|| layer.forward_t(&txt, None, None, false)));
+        g.bench_function(format!("bert_layer/{}", s.name), |b| {
+            b.iter(|| layer.forward_t(&txt, None, None, false))
+        });
         g.bench_function(format!("bert_layer_cross/{}", s.name), |b| {
-            b.iter(|| layer.forward_t(&txt, None, Some(CrossInput { states: &img, mask: None }), false))
+            b.iter(|| {
+                layer.forward_t(
+                    &txt,
+                    None,
+                    Some(CrossInput {
+                        states: &img,
+                        mask: None,
+                    }),
+                    false,
+                )
+            })
         });
 
         let vit = VitBlock::new(
@@ -60,15 +96,35 @@ fn bench(c: &mut Criterion) {
                 act: Activation::Gelu,
             },
         );
-        g.bench_function(format!("vit_block/{}", s.name), |b| b.iter(|| vit.forward_t(&img, None, false)));
+        g.bench_function(format!("vit_block/{}", s.name), |b| {
+            b.iter(|| vit.forward_t(&img, None, false))
+        });
 
         let mome = MomeBlock::new(
             &(vs.root() / "mome"),
-            &MomeBlockConfig { dim: s.dim, num_heads: s.heads, mlp_hidden: 4 * s.dim, eps: 1e-6, layer_scale: Some(0.1), drop_path: 0.0, with_vl_ffn: true },
+            &MomeBlockConfig {
+                dim: s.dim,
+                num_heads: s.heads,
+                mlp_hidden: 4 * s.dim,
+                eps: 1e-6,
+                layer_scale: Some(0.1),
+                drop_path: 0.0,
+                with_vl_ffn: true,
+            },
         );
         let joint = Tensor::cat(&[&txt, &img], 1);
         g.bench_function(format!("mome_block_split/{}", s.name), |b| {
-            b.iter(|| mome.forward_t(&joint, None, Modality::Split { text_len: s.text_len }, false).unwrap())
+            b.iter(|| {
+                mome.forward_t(
+                    &joint,
+                    None,
+                    Modality::Split {
+                        text_len: s.text_len,
+                    },
+                    false,
+                )
+                .unwrap()
+            })
         });
     }
     g.finish();

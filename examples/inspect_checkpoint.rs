@@ -7,7 +7,9 @@ use vlp_core::checkpoint::{read_state_dict, ReadOptions};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().ok_or_else(|| anyhow::anyhow!("usage: inspect_checkpoint PATH [DEPTH]"))?;
+    let path = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: inspect_checkpoint PATH [DEPTH]"))?;
     let depth: usize = args.next().map(|d| d.parse()).transpose()?.unwrap_or(1);
     let sd = read_state_dict(std::path::Path::new(&path), &ReadOptions::default())?;
     let mut groups: BTreeMap<String, (usize, i64)> = BTreeMap::new();

@@ -18,7 +18,11 @@ use vlp_models::{parity, registry};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "vlp", version, about = "vlp-rs: vision-language pretraining on libtorch")]
+#[command(
+    name = "vlp",
+    version,
+    about = "vlp-rs: vision-language pretraining on libtorch"
+)]
 struct Cli {
     /// Device: auto (CUDA if available), cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto")]
@@ -150,21 +154,55 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Forward { model, variant, config, checkpoint, inputs, out, wrapper, partial } => {
+        Cmd::Forward {
+            model,
+            variant,
+            config,
+            checkpoint,
+            inputs,
+            out,
+            wrapper,
+            partial,
+        } => {
             let cfg: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?,
+                &std::fs::read_to_string(&config)
+                    .with_context(|| format!("reading {}", config.display()))?,
             )
             .with_context(|| format!("parsing {}", config.display()))?;
             let mut m = registry::build(&model, &variant, &cfg, device)?;
-            let sd = checkpoint::read_state_dict(&checkpoint, &ReadOptions { wrapper: wrapper_of(&wrapper), ..Default::default() })?;
+            let sd = checkpoint::read_state_dict(
+                &checkpoint,
+                &ReadOptions {
+                    wrapper: wrapper_of(&wrapper),
+                    ..Default::default()
+                },
+            )?;
             let sd = m.adapt_state_dict(sd)?;
-            let mode = if partial { LoadMode::Partial } else { LoadMode::Strict };
-            let report = checkpoint::load_state_dict(m.var_store_mut(), &sd, mode, &checkpoint.display().to_string())?;
+            let mode = if partial {
+                LoadMode::Partial
+            } else {
+                LoadMode::Strict
+            };
+            let report = checkpoint::load_state_dict(
+                m.var_store_mut(),
+                &sd,
+                mode,
+                &checkpoint.display().to_string(),
+            )?;
             if !report.is_clean() {
                 eprintln!("{report}");
             }
-            let ins = checkpoint::read_state_dict(&inputs, &ReadOptions { wrapper: Wrapper::None, ..Default::default() })?;
-            let ins: vlp_models::Tensors = ins.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+            let ins = checkpoint::read_state_dict(
+                &inputs,
+                &ReadOptions {
+                    wrapper: Wrapper::None,
+                    ..Default::default()
+                },
+            )?;
+            let ins: vlp_models::Tensors = ins
+                .iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect();
             let outs = m.forward_named(&ins, &serde_json::Value::Null)?;
             let mut sd = StateDict::new();
             for (k, v) in outs {
@@ -177,7 +215,13 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Convert { input, output, wrapper, cast, strip_module_prefix } => {
+        Cmd::Convert {
+            input,
+            output,
+            wrapper,
+            cast,
+            strip_module_prefix,
+        } => {
             let cast = match cast.as_deref() {
                 None => None,
                 Some("f32") | Some("fp32") => Some(Kind::Float),
@@ -185,7 +229,11 @@ fn run() -> Result<()> {
                 Some("bf16") => Some(Kind::BFloat16),
                 Some(o) => bail!("--cast {o}: expected f32, f16 or bf16"),
             };
-            let opts = ReadOptions { wrapper: wrapper_of(&wrapper), cast, strip_module_prefix };
+            let opts = ReadOptions {
+                wrapper: wrapper_of(&wrapper),
+                cast,
+                strip_module_prefix,
+            };
             let sd = checkpoint::read_state_dict(&input, &opts)?;
             checkpoint::write_safetensors(&sd, &output)?;
             let mut params = 0i64;
@@ -193,7 +241,12 @@ fn run() -> Result<()> {
                 params += v.numel() as i64;
                 println!("{k}: {:?} {:?}", v.size(), v.kind());
             }
-            println!("wrote {} tensors ({} values) to {}", sd.len(), params, output.display());
+            println!(
+                "wrote {} tensors ({} values) to {}",
+                sd.len(),
+                params,
+                output.display()
+            );
             Ok(())
         }
         Cmd::Shapes { cmd } => Ok(vlp_tasks::shapes::cli::run(&cmd)?),
@@ -203,11 +256,18 @@ fn run() -> Result<()> {
         Cmd::Info { model } => cli::info(&model),
         Cmd::Bench { cmd } => cli::bench(cmd, device),
         Cmd::Ablate(a) => cli::ablate(a, device),
-        Cmd::Quickstart(args) => vlp_tasks::quickstart::run(&args, device).map(|_| ()).map_err(Into::into),
+        Cmd::Quickstart(args) => vlp_tasks::quickstart::run(&args, device)
+            .map(|_| ())
+            .map_err(Into::into),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
         Cmd::Models => {
             for m in registry::models() {
-                println!("{:<8} variants: {:<20} {}", m.name, m.variants.join(","), m.paper);
+                println!(
+                    "{:<8} variants: {:<20} {}",
+                    m.name,
+                    m.variants.join(","),
+                    m.paper
+                );
             }
             println!("planned: {}", registry::PLANNED.join(", "));
             Ok(())
@@ -231,30 +291,52 @@ fn smoke(sentences: Vec<String>, device: tch::Device) -> Result<()> {
     } else {
         sentences
     };
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
     let mut model = registry::build("bert", "encoder", &cfg, device)?;
     let ckpt = dir.join("model.safetensors");
     let sd = checkpoint::read_state_dict(&ckpt, &ReadOptions::default())?;
     let sd = model.adapt_state_dict(sd)?;
-    let report = checkpoint::load_state_dict(model.var_store_mut(), &sd, LoadMode::Strict, &ckpt.display().to_string())?;
-    println!("loaded {} tensors strictly from {} on {:?}", report.loaded.len(), ckpt.display(), device);
+    let report = checkpoint::load_state_dict(
+        model.var_store_mut(),
+        &sd,
+        LoadMode::Strict,
+        &ckpt.display().to_string(),
+    )?;
+    println!(
+        "loaded {} tensors strictly from {} on {:?}",
+        report.loaded.len(),
+        ckpt.display(),
+        device
+    );
     let tok = Tokenizer::from_file(dir.join("tokenizer.json"))?;
     let refs: Vec<&str> = sentences.iter().map(String::as_str).collect();
     let batch = tok.encode_batch(
         &refs,
-        &EncodeOptions { padding: Padding::Longest, max_length: Some(128), style: SpecialStyle::ClsSep },
+        &EncodeOptions {
+            padding: Padding::Longest,
+            max_length: Some(128),
+            style: SpecialStyle::ClsSep,
+        },
     )?;
     let mut inputs = vlp_models::Tensors::new();
     inputs.insert("input_ids".into(), batch.input_ids.shallow_clone());
-    inputs.insert("attention_mask".into(), batch.attention_mask.shallow_clone());
+    inputs.insert(
+        "attention_mask".into(),
+        batch.attention_mask.shallow_clone(),
+    );
     let out = model.forward_named(&inputs, &serde_json::Value::Null)?;
-    let h = out.get("last_hidden_state").context("no last_hidden_state")?;
+    let h = out
+        .get("last_hidden_state")
+        .context("no last_hidden_state")?;
     let emb = vlp_models::bert::mean_pool(h, &batch.attention_mask.to_device(h.device()));
     let emb = &emb / emb.norm_scalaropt_dim(2.0, [1i64].as_slice(), true);
     let sim = emb.matmul(&emb.tr()).to_device(tch::Device::Cpu);
     println!("cosine similarity of mean-pooled sentence embeddings:");
     for (i, s) in sentences.iter().enumerate() {
-        let row: Vec<String> = (0..sentences.len()).map(|j| format!("{:6.3}", sim.double_value(&[i as i64, j as i64]))).collect();
+        let row: Vec<String> = (0..sentences.len())
+            .map(|j| format!("{:6.3}", sim.double_value(&[i as i64, j as i64])))
+            .collect();
         println!("  {}  {}", row.join(" "), s);
     }
     println!("smoke run done in {:.2} s", start.elapsed().as_secs_f64());

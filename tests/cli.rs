@@ -45,7 +45,12 @@ fn forward_reproduces_the_recorded_minilm_outputs() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let got = tch::Tensor::read_safetensors(&out).unwrap();
-    let want = tch::Tensor::read_safetensors(Path::new(env!("CARGO_MANIFEST_DIR")).join(case).join("outputs.safetensors")).unwrap();
+    let want = tch::Tensor::read_safetensors(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(case)
+            .join("outputs.safetensors"),
+    )
+    .unwrap();
     for (k, w) in &want {
         let g = &got.iter().find(|(n, _)| n == k).unwrap().1;
         let d = (g - w).abs().max().double_value(&[]);
@@ -59,10 +64,19 @@ fn convert_writes_safetensors_that_read_back_equal() {
     let dir = tmp("conv");
     let out = dir.join("minilm.safetensors");
     let ck = minilm().join("model.safetensors");
-    let o = vlp(&["convert", ck.to_str().unwrap(), out.to_str().unwrap(), "--cast", "f16"]);
+    let o = vlp(&[
+        "convert",
+        ck.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--cast",
+        "f16",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("embeddings.word_embeddings.weight: [30522, 384] Half"), "{stdout}");
+    assert!(
+        stdout.contains("embeddings.word_embeddings.weight: [30522, 384] Half"),
+        "{stdout}"
+    );
     let back = tch::Tensor::read_safetensors(&out).unwrap();
     assert_eq!(back.len(), 104);
     std::fs::remove_dir_all(dir).ok();
@@ -73,11 +87,25 @@ fn errors_are_one_readable_line_naming_what_is_wrong() {
     let o = vlp(&["convert", "/nonexistent/x.pth", "/tmp/y.safetensors"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("error: ") && err.contains("/nonexistent/x.pth"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("/nonexistent/x.pth"),
+        "{err}"
+    );
 
     let o = vlp(&[
-        "forward", "--model", "nosuchmodel", "--variant", "x", "--config", "tests/fixtures/bert/minilm_1/config.json",
-        "--checkpoint", "a", "--inputs", "b", "--out", "c",
+        "forward",
+        "--model",
+        "nosuchmodel",
+        "--variant",
+        "x",
+        "--config",
+        "tests/fixtures/bert/minilm_1/config.json",
+        "--checkpoint",
+        "a",
+        "--inputs",
+        "b",
+        "--out",
+        "c",
     ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -11,12 +11,14 @@ fn fixture_dir() -> std::path::PathBuf {
 }
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("MANIFEST.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("MANIFEST.json")).unwrap())
+        .unwrap()
 }
 
 fn model() -> Box<dyn VlpModel> {
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("config.json")).unwrap())
+            .unwrap();
     registry::build("bert", "encoder", &cfg, Device::Cpu).unwrap()
 }
 
@@ -28,20 +30,39 @@ fn checkpoint() -> StateDict {
 #[test]
 fn tokenizer_matches_hf_ids_from_tokenizer_json_and_vocab_txt() {
     let m = manifest();
-    let sentences: Vec<&str> = m["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let sentences: Vec<&str> = m["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     let inputs = Tensor::read_safetensors(fixture_dir().join("inputs.safetensors")).unwrap();
-    let get = |n: &str| inputs.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
+    let get = |n: &str| {
+        inputs
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap()
+            .1
+            .shallow_clone()
+    };
     let dir = vlp_core::assets::minilm_dir().unwrap();
     for file in ["tokenizer.json", "vocab.txt"] {
         let tok = Tokenizer::from_file(dir.join(file)).unwrap();
         let b = tok
             .encode_batch(
                 &sentences,
-                &EncodeOptions { padding: Padding::Longest, max_length: Some(32), style: SpecialStyle::ClsSep },
+                &EncodeOptions {
+                    padding: Padding::Longest,
+                    max_length: Some(32),
+                    style: SpecialStyle::ClsSep,
+                },
             )
             .unwrap();
         assert!(b.input_ids.equal(&get("input_ids")), "{file}: ids differ");
-        assert!(b.attention_mask.equal(&get("attention_mask")), "{file}: masks differ");
+        assert!(
+            b.attention_mask.equal(&get("attention_mask")),
+            "{file}: masks differ"
+        );
     }
 }
 
@@ -64,23 +85,44 @@ fn missing_extra_and_misshaped_keys_are_named() {
     };
     let (mut m, mut sd) = base();
     sd.remove("encoder.layer.3.attention.self.key.weight");
-    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt").unwrap_err().to_string();
-    assert!(err.contains("encoder.layer.3.attention.self.key.weight"), "{err}");
+    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("encoder.layer.3.attention.self.key.weight"),
+        "{err}"
+    );
 
     let (mut m, mut sd) = base();
-    sd.insert("encoder.layer.9.output.dense.weight", Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)));
-    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt").unwrap_err().to_string();
+    sd.insert(
+        "encoder.layer.9.output.dense.weight",
+        Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+    );
+    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("encoder.layer.9.output.dense.weight"), "{err}");
 
     let (mut m, mut sd) = base();
-    sd.insert("pooler.dense.bias", Tensor::zeros([383], (Kind::Float, Device::Cpu)));
-    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt").unwrap_err().to_string();
-    assert!(err.contains("pooler.dense.bias") && err.contains("383") && err.contains("384"), "{err}");
+    sd.insert(
+        "pooler.dense.bias",
+        Tensor::zeros([383], (Kind::Float, Device::Cpu)),
+    );
+    let err = load_state_dict(m.var_store_mut(), &sd, LoadMode::Strict, "ckpt")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("pooler.dense.bias") && err.contains("383") && err.contains("384"),
+        "{err}"
+    );
     // partial loading is an explicit choice and returns the same report
     let before = m.var_store().variables()["pooler.dense.weight"].copy();
     let report = load_state_dict(m.var_store_mut(), &sd, LoadMode::Partial, "ckpt").unwrap();
     assert_eq!(report.mismatched.len(), 1);
     assert_eq!(report.mismatched[0].key, "pooler.dense.bias");
     let after = m.var_store().variables()["pooler.dense.weight"].copy();
-    assert!(!before.equal(&after), "partial load must copy the matching keys");
+    assert!(
+        !before.equal(&after),
+        "partial load must copy the matching keys"
+    );
 }

@@ -40,7 +40,13 @@ fn vlp_parity_fails_on_a_wrong_reference() {
     let outs = tch::Tensor::read_safetensors(src.join("outputs.safetensors")).unwrap();
     let bad: Vec<(String, tch::Tensor)> = outs
         .into_iter()
-        .map(|(k, v)| if k == "pooler_output" { (k, v + 1e-3) } else { (k, v) })
+        .map(|(k, v)| {
+            if k == "pooler_output" {
+                (k, v + 1e-3)
+            } else {
+                (k, v)
+            }
+        })
         .collect();
     tch::Tensor::write_safetensors(&bad, case.join("outputs.safetensors")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vlp"))
@@ -51,8 +57,18 @@ fn vlp_parity_fails_on_a_wrong_reference() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     std::fs::remove_dir_all(&tmp).ok();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("pooler_output") && stdout.contains("FAIL"), "{stdout}");
-    assert!(stdout.lines().last().unwrap().ends_with("1 failed, 0 skipped"), "{stdout}");
+    assert!(
+        stdout.contains("pooler_output") && stdout.contains("FAIL"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .ends_with("1 failed, 0 skipped"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -63,7 +79,12 @@ fn a_listed_known_discrepancy_that_passes_is_a_failure() {
     let tmp = std::env::temp_dir().join(format!("vlp-parity-xpass-{}", std::process::id()));
     let case = tmp.join("bert/minilm_1");
     std::fs::create_dir_all(&case).unwrap();
-    for f in ["MANIFEST.json", "config.json", "inputs.safetensors", "outputs.safetensors"] {
+    for f in [
+        "MANIFEST.json",
+        "config.json",
+        "inputs.safetensors",
+        "outputs.safetensors",
+    ] {
         std::fs::copy(src.join(f), case.join(f)).unwrap();
     }
     std::fs::write(
@@ -82,7 +103,10 @@ fn a_listed_known_discrepancy_that_passes_is_a_failure() {
     let out = run(false);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("pooler_output") && stdout.contains("XPASS"), "{stdout}");
+    assert!(
+        stdout.contains("pooler_output") && stdout.contains("XPASS"),
+        "{stdout}"
+    );
     let out = run(true);
     std::fs::remove_dir_all(&tmp).ok();
     assert!(out.status.success(), "--strict ignores the list");

@@ -206,18 +206,30 @@ impl MultiHeadAttention {
     /// the shared tensors are also registered under `p` (same storage, not trainable a second
     /// time) so the state dict lists both names, as the official one does.
     pub fn new_sharing_kv(p: &nn::Path, cfg: &AttentionConfig, other: &MultiHeadAttention) -> Self {
-        let (QkvLayout::Separate { names, bias }, QkvProj::Separate { k, v, .. }) = (&cfg.layout, &other.proj) else {
+        let (QkvLayout::Separate { names, bias }, QkvProj::Separate { k, v, .. }) =
+            (&cfg.layout, &other.proj)
+        else {
             panic!("sharing key/value Linears needs the Separate layout on both sides");
         };
-        assert_eq!((cfg.dim, cfg.num_heads), (other.dim, other.num_heads), "shared key/value: other width/heads");
-        let lc = nn::LinearConfig { bias: *bias, ..Default::default() };
+        assert_eq!(
+            (cfg.dim, cfg.num_heads),
+            (other.dim, other.num_heads),
+            "shared key/value: other width/heads"
+        );
+        let lc = nn::LinearConfig {
+            bias: *bias,
+            ..Default::default()
+        };
         let share = |name: &str, lin: &nn::Linear| {
             let q = p / name;
             let _ = q.add("weight", lin.ws.shallow_clone(), false);
             if let Some(b) = &lin.bs {
                 let _ = q.add("bias", b.shallow_clone(), false);
             }
-            nn::Linear { ws: lin.ws.shallow_clone(), bs: lin.bs.as_ref().map(|b| b.shallow_clone()) }
+            nn::Linear {
+                ws: lin.ws.shallow_clone(),
+                bs: lin.bs.as_ref().map(|b| b.shallow_clone()),
+            }
         };
         let proj = QkvProj::Separate {
             q: nn::linear(p / names[0].as_str(), cfg.dim, cfg.dim, lc),
@@ -250,7 +262,11 @@ impl MultiHeadAttention {
             QkvProj::Fused(lin) => {
                 let qkv = x.apply(lin);
                 let parts = qkv.chunk(3, -1);
-                (parts[0].shallow_clone(), parts[1].shallow_clone(), parts[2].shallow_clone())
+                (
+                    parts[0].shallow_clone(),
+                    parts[1].shallow_clone(),
+                    parts[2].shallow_clone(),
+                )
             }
             QkvProj::FusedQv {
                 weight,
@@ -260,7 +276,11 @@ impl MultiHeadAttention {
                 let bias = Tensor::cat(&[q_bias, &q_bias.zeros_like(), v_bias], 0);
                 let qkv = x.linear(weight, Some(&bias));
                 let parts = qkv.chunk(3, -1);
-                (parts[0].shallow_clone(), parts[1].shallow_clone(), parts[2].shallow_clone())
+                (
+                    parts[0].shallow_clone(),
+                    parts[1].shallow_clone(),
+                    parts[2].shallow_clone(),
+                )
             }
             QkvProj::Separate { q, k, v } => {
                 let ctx = context.unwrap_or(x);
@@ -280,7 +300,11 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Tensor {
         let (q, k, v) = self.project(x, context);
-        let (q, k, v) = (self.split_heads(&q), self.split_heads(&k), self.split_heads(&v));
+        let (q, k, v) = (
+            self.split_heads(&q),
+            self.split_heads(&k),
+            self.split_heads(&v),
+        );
         self.attend(&q, &k, &v, mask, train)
     }
 
@@ -304,8 +328,11 @@ impl MultiHeadAttention {
             }
             _ => {
                 let (q, k, v) = self.project(x, context);
-                let (q, mut k, mut v) =
-                    (self.split_heads(&q), self.split_heads(&k), self.split_heads(&v));
+                let (q, mut k, mut v) = (
+                    self.split_heads(&q),
+                    self.split_heads(&k),
+                    self.split_heads(&v),
+                );
                 if context.is_none() {
                     if let (Some(pk), Some(pv)) = (&cache.key, &cache.value) {
                         k = Tensor::cat(&[pk, &k], 2);
@@ -320,7 +347,14 @@ impl MultiHeadAttention {
         self.attend(&q, &k, &v, mask, false)
     }
 
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let p = if train { self.attn_dropout } else { 0.0 };
         let mask = mask.map(|m| m.to_kind(q.kind()));
         let out = Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, self.scale, false);
@@ -378,30 +412,51 @@ mod tests {
         let keep = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 1, 0, 0]).view([2, 5]);
         let mask = add_masks(&[
             Some(&padding_mask(&keep, BERT_MASK_VALUE, Kind::Float)),
-            Some(&causal_mask(5, 5, BERT_MASK_VALUE, Kind::Float, Device::Cpu)),
+            Some(&causal_mask(
+                5,
+                5,
+                BERT_MASK_VALUE,
+                Kind::Float,
+                Device::Cpu,
+            )),
         ])
         .unwrap();
         let out = att.forward_t(&x, None, Some(&mask), false);
         let vars = vs.variables();
-        let lin = |n: &str| x.linear(&vars[&format!("self.{n}.weight")], Some(&vars[&format!("self.{n}.bias")]));
+        let lin = |n: &str| {
+            x.linear(
+                &vars[&format!("self.{n}.weight")],
+                Some(&vars[&format!("self.{n}.bias")]),
+            )
+        };
         let split = |t: Tensor| t.view([2, 5, 4, 4]).transpose(1, 2);
-        let want = naive(&split(lin("query")), &split(lin("key")), &split(lin("value")), Some(&mask))
-            .transpose(1, 2)
-            .reshape([2, 5, 16]);
+        let want = naive(
+            &split(lin("query")),
+            &split(lin("key")),
+            &split(lin("value")),
+            Some(&mask),
+        )
+        .transpose(1, 2)
+        .reshape([2, 5, 16]);
         assert!(out.allclose(&want, 1e-5, 1e-5, false));
         // the causal mask really hides the future: changing the last token leaves position 0 alone
         let x2 = x.copy();
         let _ = x2.narrow(1, 4, 1).fill_(3.0);
         let out2 = att.forward_t(&x2, None, Some(&mask), false);
-        assert!(out2.narrow(1, 0, 1).allclose(&out.narrow(1, 0, 1), 1e-6, 1e-6, false));
-        assert!(!out2.narrow(1, 4, 1).allclose(&out.narrow(1, 4, 1), 1e-3, 1e-3, false));
+        assert!(out2
+            .narrow(1, 0, 1)
+            .allclose(&out.narrow(1, 0, 1), 1e-6, 1e-6, false));
+        assert!(!out2
+            .narrow(1, 4, 1)
+            .allclose(&out.narrow(1, 4, 1), 1e-3, 1e-3, false));
     }
 
     #[test]
     fn fused_qv_layout_has_no_key_bias() {
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let att = MultiHeadAttention::new(&vs.root(), &AttentionConfig::new(8, 2, QkvLayout::FusedQv));
+        let att =
+            MultiHeadAttention::new(&vs.root(), &AttentionConfig::new(8, 2, QkvLayout::FusedQv));
         let names: Vec<String> = vs.variables().keys().cloned().collect();
         assert!(names.contains(&"q_bias".to_string()) && names.contains(&"v_bias".to_string()));
         assert!(!names.iter().any(|n| n == "qkv.bias"));

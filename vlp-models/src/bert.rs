@@ -40,7 +40,8 @@ impl BertModel {
         Ok(BertModel {
             embeddings: BertEmbeddings::new(&(p / "embeddings"), cfg, true),
             encoder: BertEncoder::new(&(p / "encoder"), cfg),
-            pooler: pooler.then(|| linear(p / "pooler" / "dense", cfg.hidden_size, cfg.hidden_size)),
+            pooler: pooler
+                .then(|| linear(p / "pooler" / "dense", cfg.hidden_size, cfg.hidden_size)),
             cfg: cfg.clone(),
         })
     }
@@ -53,7 +54,9 @@ impl BertModel {
         token_type_ids: Option<&Tensor>,
         train: bool,
     ) -> BertOutput {
-        let x = self.embeddings.forward_t(input_ids, token_type_ids, 0, train);
+        let x = self
+            .embeddings
+            .forward_t(input_ids, token_type_ids, 0, train);
         let mask = attention_mask.map(|m| padding_mask(m, BERT_MASK_VALUE, x.kind()));
         let h = self.encoder.forward_t(&x, mask.as_ref(), None, train);
         let pooler_output = self.pooler.as_ref().map(|p| h.select(1, 0).apply(p).tanh());
@@ -67,7 +70,8 @@ impl BertModel {
 /// Mean of the token states over the attention mask (sentence-transformers' pooling).
 pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
     let m = attention_mask.to_kind(hidden.kind()).unsqueeze(-1);
-    (hidden * &m).sum_dim_intlist(1, false, hidden.kind()) / m.sum_dim_intlist(1, false, hidden.kind()).clamp_min(1e-9)
+    (hidden * &m).sum_dim_intlist(1, false, hidden.kind())
+        / m.sum_dim_intlist(1, false, hidden.kind()).clamp_min(1e-9)
 }
 
 /// The registry's `bert` model (variant `encoder`): a [`BertModel`] with pooler in its own
@@ -100,7 +104,10 @@ impl VlpModel for BertEncoderModel {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         if sd.get("embeddings.position_ids").is_none() {
             let n = self.model.cfg.max_position_embeddings;
-            sd.insert("embeddings.position_ids", Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(0));
+            sd.insert(
+                "embeddings.position_ids",
+                Tensor::arange(n, (Kind::Int64, Device::Cpu)).unsqueeze(0),
+            );
         }
         Ok(sd)
     }
@@ -109,7 +116,10 @@ impl VlpModel for BertEncoderModel {
         let ids = input(inputs, "input_ids")?.to_device(dev);
         let mask = inputs.get("attention_mask").map(|t| t.to_device(dev));
         let tt = inputs.get("token_type_ids").map(|t| t.to_device(dev));
-        let out = tch::no_grad(|| self.model.forward_t(&ids, mask.as_ref(), tt.as_ref(), false));
+        let out = tch::no_grad(|| {
+            self.model
+                .forward_t(&ids, mask.as_ref(), tt.as_ref(), false)
+        });
         let mut res = Tensors::new();
         res.insert("last_hidden_state".into(), out.last_hidden_state);
         if let Some(p) = out.pooler_output {

@@ -31,7 +31,10 @@ pub struct ParityOptions {
 
 impl Default for ParityOptions {
     fn default() -> Self {
-        ParityOptions { device: Device::Cpu, strict: false }
+        ParityOptions {
+            device: Device::Cpu,
+            strict: false,
+        }
     }
 }
 
@@ -55,13 +58,17 @@ pub fn read_known(roots: &[PathBuf]) -> Result<Vec<KnownDiscrepancy>> {
     let mut seen = std::collections::BTreeSet::new();
     for r in roots {
         let abs = std::fs::canonicalize(r).unwrap_or_else(|_| r.clone());
-        let Some(f) = abs.ancestors().map(|a| a.join("KNOWN_DISCREPANCIES.json")).find(|f| f.is_file()) else {
+        let Some(f) = abs
+            .ancestors()
+            .map(|a| a.join("KNOWN_DISCREPANCIES.json"))
+            .find(|f| f.is_file())
+        else {
             continue;
         };
         if seen.insert(f.clone()) {
             let s = std::fs::read_to_string(&f).map_err(|e| VlpError::io(&f, e))?;
-            let v: Vec<KnownDiscrepancy> =
-                serde_json::from_str(&s).map_err(|e| VlpError::Msg(format!("{}: {e}", f.display())))?;
+            let v: Vec<KnownDiscrepancy> = serde_json::from_str(&s)
+                .map_err(|e| VlpError::Msg(format!("{}: {e}", f.display())))?;
             out.extend(v);
         }
     }
@@ -112,7 +119,11 @@ impl std::fmt::Display for ParitySummary {
         if self.xfailed > 0 {
             writeln!(f, "{} known fixture discrepancies (XFAIL)", self.xfailed)?;
         }
-        write!(f, "{} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
+        write!(
+            f,
+            "{} passed, {} failed, {} skipped",
+            self.passed, self.failed, self.skipped
+        )
     }
 }
 
@@ -151,8 +162,17 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 }
 
 fn read_tensors(path: &Path) -> Result<Tensors> {
-    let sd = read_state_dict(path, &ReadOptions { wrapper: Wrapper::None, ..Default::default() })?;
-    Ok(sd.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect())
+    let sd = read_state_dict(
+        path,
+        &ReadOptions {
+            wrapper: Wrapper::None,
+            ..Default::default()
+        },
+    )?;
+    Ok(sd
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shallow_clone()))
+        .collect())
 }
 
 fn case_name(dir: &Path) -> String {
@@ -170,25 +190,48 @@ fn case_name(dir: &Path) -> String {
 pub fn compare(got: &Tensor, want: &Tensor, atol: f64, rtol: f64) -> (bool, Option<f64>, String) {
     let got = got.to_device(Device::Cpu);
     if got.size() != want.size() {
-        return (false, None, format!("shape {:?}, expected {:?}", got.size(), want.size()));
+        return (
+            false,
+            None,
+            format!("shape {:?}, expected {:?}", got.size(), want.size()),
+        );
     }
     if want.numel() == 0 {
         return (true, Some(0.0), String::new());
     }
-    let is_float = matches!(want.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+    let is_float = matches!(
+        want.kind(),
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    );
     let (g, w) = (got.to_kind(Kind::Double), want.to_kind(Kind::Double));
     let diff = (&g - &w).abs();
     let max = diff.max().double_value(&[]);
     if !is_float {
         let ok = max == 0.0;
-        return (ok, Some(max), if ok { String::new() } else { "integer values differ".into() });
+        return (
+            ok,
+            Some(max),
+            if ok {
+                String::new()
+            } else {
+                "integer values differ".into()
+            },
+        );
     }
     if g.isnan().any().int64_value(&[]) != 0 && w.isnan().any().int64_value(&[]) == 0 {
         return (false, Some(f64::NAN), "NaN in output".into());
     }
     let bound = w.abs() * rtol + atol;
     let ok = diff.le_tensor(&bound).all().int64_value(&[]) != 0;
-    (ok, Some(max), if ok { String::new() } else { format!("exceeds atol {atol:e} + rtol {rtol:e}·|ref|") })
+    (
+        ok,
+        Some(max),
+        if ok {
+            String::new()
+        } else {
+            format!("exceeds atol {atol:e} + rtol {rtol:e}·|ref|")
+        },
+    )
 }
 
 /// Runs one case directory.
@@ -203,7 +246,12 @@ pub fn run_case(dir: &Path, opts: &ParityOptions) -> CaseOutcome {
                 case,
                 skipped: None,
                 num_probes: 1,
-                probes: vec![ProbeResult { probe: "<case>".into(), max_abs_diff: None, ok: false, note: e.to_string() }],
+                probes: vec![ProbeResult {
+                    probe: "<case>".into(),
+                    max_abs_diff: None,
+                    ok: false,
+                    note: e.to_string(),
+                }],
             }
         }
     };
@@ -213,7 +261,12 @@ pub fn run_case(dir: &Path, opts: &ParityOptions) -> CaseOutcome {
         num_probes: outputs.len(),
         probes: outputs
             .keys()
-            .map(|k| ProbeResult { probe: k.clone(), max_abs_diff: None, ok: false, note: note.clone() })
+            .map(|k| ProbeResult {
+                probe: k.clone(),
+                max_abs_diff: None,
+                ok: false,
+                note: note.clone(),
+            })
             .collect(),
     };
     match run_case_inner(dir, &manifest, opts) {
@@ -251,24 +304,37 @@ pub fn run_case(dir: &Path, opts: &ParityOptions) -> CaseOutcome {
                         },
                         Some(t) => {
                             let (ok, d, note) = compare(t, want, atol, rtol);
-                            ProbeResult { probe: name.clone(), max_abs_diff: d, ok, note }
+                            ProbeResult {
+                                probe: name.clone(),
+                                max_abs_diff: d,
+                                ok,
+                                note,
+                            }
                         }
                     }
                 })
                 .collect();
-            CaseOutcome { case, skipped: None, num_probes: outputs.len(), probes }
+            CaseOutcome {
+                case,
+                skipped: None,
+                num_probes: outputs.len(),
+                probes,
+            }
         }
     }
 }
 
 type CaseTensors = (Tensors, Tensors, Tensors);
 
-fn run_case_inner(dir: &Path, manifest: &serde_json::Value, opts: &ParityOptions) -> Result<CaseTensors> {
+fn run_case_inner(
+    dir: &Path,
+    manifest: &serde_json::Value,
+    opts: &ParityOptions,
+) -> Result<CaseTensors> {
     let field = |k: &str| {
-        manifest[k]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| VlpError::Msg(format!("{}: MANIFEST field `{k}` missing", dir.display())))
+        manifest[k].as_str().map(str::to_owned).ok_or_else(|| {
+            VlpError::Msg(format!("{}: MANIFEST field `{k}` missing", dir.display()))
+        })
     };
     let (model_name, variant) = (field("model")?, field("variant")?);
     let config = read_json(&dir.join("config.json"))?;
@@ -282,9 +348,20 @@ fn run_case_inner(dir: &Path, manifest: &serde_json::Value, opts: &ParityOptions
         Some("") => Wrapper::None,
         Some(k) => Wrapper::Key(k.to_string()),
     };
-    let sd = read_state_dict(&ckpt, &ReadOptions { wrapper, ..Default::default() })?;
+    let sd = read_state_dict(
+        &ckpt,
+        &ReadOptions {
+            wrapper,
+            ..Default::default()
+        },
+    )?;
     let sd = model.adapt_state_dict(sd)?;
-    load_state_dict(model.var_store_mut(), &sd, LoadMode::Strict, &ckpt.display().to_string())?;
+    load_state_dict(
+        model.var_store_mut(),
+        &sd,
+        LoadMode::Strict,
+        &ckpt.display().to_string(),
+    )?;
     let loaded: Tensors = model
         .var_store()
         .variables()
@@ -293,35 +370,69 @@ fn run_case_inner(dir: &Path, manifest: &serde_json::Value, opts: &ParityOptions
         .collect();
     let inputs = read_tensors(&dir.join("inputs.safetensors"))?;
     let got = model.forward_named(&inputs, manifest)?;
-    let after: Tensors = model.var_store().variables().into_iter().collect::<BTreeMap<_, _>>();
+    let after: Tensors = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .collect::<BTreeMap<_, _>>();
     Ok((got, loaded, after))
 }
 
 /// Runs every case under `roots`, calling `line` with one line per probe (and per skipped case),
 /// and returns the totals.
-pub fn run_all(roots: &[PathBuf], opts: &ParityOptions, mut line: impl FnMut(&str)) -> Result<ParitySummary> {
+pub fn run_all(
+    roots: &[PathBuf],
+    opts: &ParityOptions,
+    mut line: impl FnMut(&str),
+) -> Result<ParitySummary> {
     let mut s = ParitySummary::default();
-    let known = if opts.strict { vec![] } else { read_known(roots)? };
+    let known = if opts.strict {
+        vec![]
+    } else {
+        read_known(roots)?
+    };
     if !known.is_empty() {
-        line(&format!("({} known fixture discrepancies listed in KNOWN_DISCREPANCIES.json)", known.len()));
+        line(&format!(
+            "({} known fixture discrepancies listed in KNOWN_DISCREPANCIES.json)",
+            known.len()
+        ));
     }
     for dir in find_cases(roots)? {
         let out = run_case(&dir, opts);
         if let Some(why) = &out.skipped {
             s.skipped += out.num_probes;
-            line(&format!("{}  ({} probes)  SKIP  {}", out.case, out.num_probes, why));
+            line(&format!(
+                "{}  ({} probes)  SKIP  {}",
+                out.case, out.num_probes, why
+            ));
             continue;
         }
         for p in &out.probes {
-            let d = p.max_abs_diff.map(|d| format!("{d:.3e}")).unwrap_or_else(|| "-".into());
-            let k = known.iter().find(|k| k.case == out.case && k.probe == p.probe);
+            let d = p
+                .max_abs_diff
+                .map(|d| format!("{d:.3e}"))
+                .unwrap_or_else(|| "-".into());
+            let k = known
+                .iter()
+                .find(|k| k.case == out.case && k.probe == p.probe);
             let (status, counts_ok, note) = match (k, p.ok) {
                 (None, true) => ("OK", true, String::new()),
                 (None, false) => ("FAIL", false, format!("  ({})", p.note)),
-                (Some(k), false) => ("XFAIL", true, format!("  (known fixture discrepancy: {})", k.reason)),
-                (Some(_), true) => ("XPASS", false, "  (listed as a known discrepancy but passes: remove it from the list)".into()),
+                (Some(k), false) => (
+                    "XFAIL",
+                    true,
+                    format!("  (known fixture discrepancy: {})", k.reason),
+                ),
+                (Some(_), true) => (
+                    "XPASS",
+                    false,
+                    "  (listed as a known discrepancy but passes: remove it from the list)".into(),
+                ),
             };
-            line(&format!("{}  {}  {}  {}{}", out.case, p.probe, d, status, note));
+            line(&format!(
+                "{}  {}  {}  {}{}",
+                out.case, p.probe, d, status, note
+            ));
             if counts_ok && p.ok {
                 s.passed += 1;
             } else if counts_ok {

@@ -5,7 +5,8 @@ use tch::Device;
 use vlp_core::{Result, VlpError};
 
 /// Builds a model of one variant from its official configuration (JSON object).
-pub type BuildFn = fn(variant: &str, config: &serde_json::Value, device: Device) -> Result<Box<dyn VlpModel>>;
+pub type BuildFn =
+    fn(variant: &str, config: &serde_json::Value, device: Device) -> Result<Box<dyn VlpModel>>;
 
 /// One registered model family.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +21,11 @@ pub struct ModelSpec {
     pub build: BuildFn,
 }
 
-fn build_bert(variant: &str, config: &serde_json::Value, device: Device) -> Result<Box<dyn VlpModel>> {
+fn build_bert(
+    variant: &str,
+    config: &serde_json::Value,
+    device: Device,
+) -> Result<Box<dyn VlpModel>> {
     debug_assert_eq!(variant, "encoder");
     let cfg: vlp_core::layers::bert::BertConfig = serde_json::from_value(config.clone())
         .map_err(|e| VlpError::Msg(format!("bert config: {e}")))?;
@@ -63,17 +68,28 @@ pub fn find(name: &str) -> Option<&'static ModelSpec> {
 
 /// Builds `name`/`variant` from `config`. An unknown or not-yet-implemented model or variant gives
 /// [`VlpError::Unsupported`] naming it (the parity runner counts that as skipped).
-pub fn build(name: &str, variant: &str, config: &serde_json::Value, device: Device) -> Result<Box<dyn VlpModel>> {
+pub fn build(
+    name: &str,
+    variant: &str,
+    config: &serde_json::Value,
+    device: Device,
+) -> Result<Box<dyn VlpModel>> {
     let spec = find(name).ok_or_else(|| VlpError::Unsupported {
         what: if PLANNED.contains(&name) {
             format!("model `{name}` (planned)")
         } else {
-            format!("model `{name}` (known: {})", MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "))
+            format!(
+                "model `{name}` (known: {})",
+                MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            )
         },
     })?;
     if !spec.variants.contains(&variant) {
         return Err(VlpError::Unsupported {
-            what: format!("variant `{variant}` of `{name}` (available: {})", spec.variants.join(", ")),
+            what: format!(
+                "variant `{variant}` of `{name}` (available: {})",
+                spec.variants.join(", ")
+            ),
         });
     }
     (spec.build)(variant, config, device)

@@ -123,21 +123,34 @@ impl BertConfig {
 
     /// Checks values the port relies on; errors name the field.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |f: &str, m: String| Err(crate::VlpError::Msg(format!("bert config field `{f}`: {m}")));
+        let bad = |f: &str, m: String| {
+            Err(crate::VlpError::Msg(format!(
+                "bert config field `{f}`: {m}"
+            )))
+        };
         if self.hidden_size % self.num_attention_heads != 0 {
             return bad(
                 "num_attention_heads",
-                format!("{} does not divide hidden_size {}", self.num_attention_heads, self.hidden_size),
+                format!(
+                    "{} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
             );
         }
         if let Some(t) = &self.position_embedding_type {
             if t != "absolute" {
-                return bad("position_embedding_type", format!("`{t}` is not supported (absolute only)"));
+                return bad(
+                    "position_embedding_type",
+                    format!("`{t}` is not supported (absolute only)"),
+                );
             }
         }
         if let Some(f) = self.fusion_layer {
             if f < 0 || f > self.num_hidden_layers {
-                return bad("fusion_layer", format!("{f} is outside 0..={}", self.num_hidden_layers));
+                return bad(
+                    "fusion_layer",
+                    format!("{f} is outside 0..={}", self.num_hidden_layers),
+                );
             }
         }
         Ok(())
@@ -195,8 +208,8 @@ impl BertEmbeddings {
         };
         let d = cfg.hidden_size;
         if position_ids_buffer {
-            let ids = Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, p.device()))
-                .unsqueeze(0);
+            let ids =
+                Tensor::arange(cfg.max_position_embeddings, (Kind::Int64, p.device())).unsqueeze(0);
             let _ = p.add("position_ids", ids, false);
         }
         BertEmbeddings {
@@ -225,8 +238,13 @@ impl BertEmbeddings {
         train: bool,
     ) -> Tensor {
         let l = input_ids.size()[1];
-        let pos = Tensor::arange_start(past_length, past_length + l, (Kind::Int64, input_ids.device()));
-        let mut x = input_ids.apply(&self.word_embeddings) + pos.apply(&self.position_embeddings).unsqueeze(0);
+        let pos = Tensor::arange_start(
+            past_length,
+            past_length + l,
+            (Kind::Int64, input_ids.device()),
+        );
+        let mut x = input_ids.apply(&self.word_embeddings)
+            + pos.apply(&self.position_embeddings).unsqueeze(0);
         if let Some(tt) = &self.token_type_embeddings {
             x = match token_type_ids {
                 Some(ids) => x + ids.apply(tt),
@@ -270,8 +288,14 @@ pub struct BertAttention {
 }
 
 impl BertAttention {
-    fn new(p: &nn::Path, cfg: &BertLayerConfig, kv_dim: Option<i64>, share_kv: Option<&MultiHeadAttention>) -> Self {
-        let mut ac = AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
+    fn new(
+        p: &nn::Path,
+        cfg: &BertLayerConfig,
+        kv_dim: Option<i64>,
+        share_kv: Option<&MultiHeadAttention>,
+    ) -> Self {
+        let mut ac =
+            AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
         ac.kv_dim = kv_dim;
         ac.attn_dropout = cfg.attention_probs_dropout_prob;
         BertAttention {
@@ -280,7 +304,11 @@ impl BertAttention {
                 Some(other) => MultiHeadAttention::new_sharing_kv(&(p / "self"), &ac, other),
             },
             dense: linear(p / "output" / "dense", cfg.hidden_size, cfg.hidden_size),
-            layer_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
+            layer_norm: layer_norm(
+                p / "output" / "LayerNorm",
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            ),
             dropout: cfg.hidden_dropout_prob,
         }
     }
@@ -290,13 +318,25 @@ impl BertAttention {
     }
 
     /// Applies the block (cross-attention when `context` is given).
-    pub fn forward_t(&self, x: &Tensor, context: Option<&Tensor>, mask: Option<&Tensor>, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let h = self.attn.forward_t(x, context, mask, train);
         self.output(&h, x, train)
     }
 
     /// Applies the block with a key/value cache (inference).
-    pub fn forward_cached(&self, x: &Tensor, context: Option<&Tensor>, mask: Option<&Tensor>, cache: &mut KvCache) -> Tensor {
+    pub fn forward_cached(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Tensor {
         let h = self.attn.forward_cached(x, context, mask, cache);
         self.output(&h, x, false)
     }
@@ -343,8 +383,15 @@ impl BertLayer {
     /// Like [`new`](Self::new), but the cross-attention key/value Linears are `partner`'s (ALBEF
     /// NLVR2 ties them between layers (6,7), (8,9), …); both layers must have cross-attention.
     pub fn new_sharing_cross_kv(p: &nn::Path, cfg: &BertLayerConfig, partner: &BertLayer) -> Self {
-        let other = &partner.crossattention.as_ref().expect("partner layer has no cross-attention").attn;
-        assert!(cfg.cross_attention_width.is_some(), "a layer sharing cross-attention key/value needs cross-attention");
+        let other = &partner
+            .crossattention
+            .as_ref()
+            .expect("partner layer has no cross-attention")
+            .attn;
+        assert!(
+            cfg.cross_attention_width.is_some(),
+            "a layer sharing cross-attention key/value needs cross-attention"
+        );
         Self::build(p, cfg, Some(other))
     }
 
@@ -354,9 +401,21 @@ impl BertLayer {
             crossattention: cfg
                 .cross_attention_width
                 .map(|w| BertAttention::new(&(p / "crossattention"), cfg, Some(w), share_kv)),
-            intermediate: linear(p / "intermediate" / "dense", cfg.hidden_size, cfg.intermediate_size),
-            output: linear(p / "output" / "dense", cfg.intermediate_size, cfg.hidden_size),
-            output_norm: layer_norm(p / "output" / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
+            intermediate: linear(
+                p / "intermediate" / "dense",
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            ),
+            output: linear(
+                p / "output" / "dense",
+                cfg.intermediate_size,
+                cfg.hidden_size,
+            ),
+            output_norm: layer_norm(
+                p / "output" / "LayerNorm",
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+            ),
             act: cfg.hidden_act,
             dropout: cfg.hidden_dropout_prob,
         }
@@ -369,7 +428,13 @@ impl BertLayer {
 
     /// Applies the layer. `cross` is used only if the layer has cross-attention; a layer with
     /// cross-attention given no `cross` skips it (BLIP's `mode='text'`).
-    pub fn forward_t(&self, x: &Tensor, self_mask: Option<&Tensor>, cross: Option<CrossInput>, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        self_mask: Option<&Tensor>,
+        cross: Option<CrossInput>,
+        train: bool,
+    ) -> Tensor {
         let mut h = self.attention.forward_t(x, None, self_mask, train);
         if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
             h = ca.forward_t(&h, Some(c.states), c.mask, train);
@@ -385,7 +450,9 @@ impl BertLayer {
         cross: Option<CrossInput>,
         cache: &mut BertLayerCache,
     ) -> Tensor {
-        let mut h = self.attention.forward_cached(x, None, self_mask, &mut cache.self_kv);
+        let mut h = self
+            .attention
+            .forward_cached(x, None, self_mask, &mut cache.self_kv);
         if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
             h = ca.forward_cached(&h, Some(c.states), c.mask, &mut cache.cross_kv);
         }
@@ -430,7 +497,13 @@ impl BertEncoder {
     }
 
     /// Runs all layers with one cross input (or none).
-    pub fn forward_t(&self, x: &Tensor, self_mask: Option<&Tensor>, cross: Option<CrossInput>, train: bool) -> Tensor {
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        self_mask: Option<&Tensor>,
+        cross: Option<CrossInput>,
+        train: bool,
+    ) -> Tensor {
         let mut h = x.shallow_clone();
         for l in &self.layers {
             h = l.forward_t(&h, self_mask, cross, train);
@@ -479,7 +552,11 @@ mod tests {
         assert!(err.to_string().contains("hiden_size"), "{err}");
         let mut c = BertConfig::tiny();
         c.num_attention_heads = 5;
-        assert!(c.validate().unwrap_err().to_string().contains("num_attention_heads"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("num_attention_heads"));
     }
 
     #[test]
@@ -495,9 +572,17 @@ mod tests {
         let ctx = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu));
         let keep = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1]).view([2, 3]);
         let cmask = padding_mask(&keep, BERT_MASK_VALUE, Kind::Float);
-        let cross = CrossInput { states: &ctx, mask: Some(&cmask) };
+        let cross = CrossInput {
+            states: &ctx,
+            mask: Some(&cmask),
+        };
         let causal = causal_mask(4, 4, BERT_MASK_VALUE, Kind::Float, Device::Cpu);
-        let full = enc.forward_t(&emb.forward_t(&ids, None, 0, false), Some(&causal), Some(cross), false);
+        let full = enc.forward_t(
+            &emb.forward_t(&ids, None, 0, false),
+            Some(&causal),
+            Some(cross),
+            false,
+        );
         let mut caches: Vec<BertLayerCache> = (0..2).map(|_| BertLayerCache::default()).collect();
         let mut outs = vec![];
         for t in 0..4 {
@@ -509,7 +594,12 @@ mod tests {
         }
         assert!(Tensor::cat(&outs, 1).allclose(&full, 1e-5, 1e-5, false));
         // cross-attention is used: masking the context changes the output
-        let other = enc.forward_t(&emb.forward_t(&ids, None, 0, false), Some(&causal), None, false);
+        let other = enc.forward_t(
+            &emb.forward_t(&ids, None, 0, false),
+            Some(&causal),
+            None,
+            false,
+        );
         assert!(!other.allclose(&full, 1e-3, 1e-3, false));
     }
 }

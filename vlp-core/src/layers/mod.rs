@@ -60,8 +60,7 @@ pub fn drop_path(x: &Tensor, p: f64, train: bool) -> Tensor {
     let keep = 1.0 - p;
     let mut shape = vec![x.size()[0]];
     shape.extend(std::iter::repeat_n(1, x.dim() - 1));
-    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device()))
-        .bernoulli_float_(keep);
+    let mask = Tensor::empty(shape.as_slice(), (x.kind(), x.device())).bernoulli_float_(keep);
     x * mask / keep
 }
 
@@ -160,7 +159,11 @@ mod tests {
         let y = drop_path(&x, 0.3, true);
         // each sample is either all zero or all 1/0.7
         let per = y.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
-        let kept = per.gt(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let kept = per
+            .gt(0.0)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
         assert!((kept - 0.7).abs() < 0.06, "kept fraction {kept}");
         let max = y.max().double_value(&[]);
         assert!((max - 1.0 / 0.7).abs() < 1e-5);

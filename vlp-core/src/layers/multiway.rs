@@ -63,7 +63,13 @@ impl Expert {
     fn new(p: &nn::Path, suffix: &str, cfg: &MomeBlockConfig) -> Self {
         Expert {
             norm: layer_norm(p / format!("norm2_{suffix}"), cfg.dim, cfg.eps),
-            mlp: Mlp::new(&(p / format!("mlp_{suffix}")), cfg.dim, cfg.mlp_hidden, Activation::Gelu, 0.0),
+            mlp: Mlp::new(
+                &(p / format!("mlp_{suffix}")),
+                cfg.dim,
+                cfg.mlp_hidden,
+                Activation::Gelu,
+                0.0,
+            ),
         }
     }
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -89,7 +95,10 @@ impl MomeBlock {
     /// Builds the block under `p` (`transformer.blocks.N`).
     pub fn new(p: &nn::Path, cfg: &MomeBlockConfig) -> Self {
         let ac = AttentionConfig::new(cfg.dim, cfg.num_heads, QkvLayout::FusedQv);
-        let gamma = |n: &str| cfg.layer_scale.map(|v| p.var(n, &[cfg.dim], nn::Init::Const(v)));
+        let gamma = |n: &str| {
+            cfg.layer_scale
+                .map(|v| p.var(n, &[cfg.dim], nn::Init::Const(v)))
+        };
         MomeBlock {
             norm1: layer_norm(p / "norm1", cfg.dim, cfg.eps),
             attn: MultiHeadAttention::new(&(p / "attn"), &ac),
@@ -110,8 +119,17 @@ impl MomeBlock {
 
     /// Applies the block. `mask`: additive mask + relative-position bias, broadcastable to
     /// `[B, H, L, L]`. Errors (as a message) when `VisionLanguage` is asked of a block without it.
-    pub fn forward_t(&self, x: &Tensor, mask: Option<&Tensor>, modality: Modality, train: bool) -> crate::Result<Tensor> {
-        let mut h = self.attn.forward_t(&x.apply(&self.norm1), None, mask, train).apply(&self.proj);
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        modality: Modality,
+        train: bool,
+    ) -> crate::Result<Tensor> {
+        let mut h = self
+            .attn
+            .forward_t(&x.apply(&self.norm1), None, mask, train)
+            .apply(&self.proj);
         if let Some(g) = &self.gamma_1 {
             h *= g;
         }
@@ -122,7 +140,9 @@ impl MomeBlock {
             Modality::Split { text_len } => {
                 let l = x.size()[1];
                 let t = self.text.forward_t(&x.narrow(1, 0, text_len), train);
-                let i = self.imag.forward_t(&x.narrow(1, text_len, l - text_len), train);
+                let i = self
+                    .imag
+                    .forward_t(&x.narrow(1, text_len, l - text_len), train);
                 Tensor::cat(&[t, i], 1)
             }
             Modality::VisionLanguage => match &self.vl {
@@ -173,7 +193,13 @@ impl<M> Multiway<M> {
 
     /// Applies `f` with `A` to the tokens before the split and with `B` to the rest, along
     /// dimension `dim` (1 for `[B, L, D]`).
-    pub fn apply(&self, x: &Tensor, split: Split, dim: i64, f: impl Fn(&M, &Tensor) -> Tensor) -> Tensor {
+    pub fn apply(
+        &self,
+        x: &Tensor,
+        split: Split,
+        dim: i64,
+        f: impl Fn(&M, &Tensor) -> Tensor,
+    ) -> Tensor {
         match split {
             Split::AllA => f(&self.a, x),
             Split::AllB => f(&self.b, x),
@@ -210,7 +236,13 @@ mod tests {
         let vs = VarStore::new(Device::Cpu);
         let blk = MomeBlock::new(&(vs.root() / "blocks" / 0), &cfg(false));
         let keys = vs.variables();
-        for k in ["blocks.0.gamma_1", "blocks.0.attn.q_bias", "blocks.0.attn.qkv.weight", "blocks.0.mlp_imag.fc1.weight", "blocks.0.norm2_text.weight"] {
+        for k in [
+            "blocks.0.gamma_1",
+            "blocks.0.attn.q_bias",
+            "blocks.0.attn.qkv.weight",
+            "blocks.0.mlp_imag.fc1.weight",
+            "blocks.0.norm2_text.weight",
+        ] {
             assert!(keys.contains_key(k), "missing {k}");
         }
         assert!(!keys.contains_key("blocks.0.mlp_vl.fc1.weight"));
@@ -222,22 +254,37 @@ mod tests {
         let m = Tensor::full([7, 7], -1e9, (Kind::Float, Device::Cpu));
         let _ = m.narrow(0, 0, 3).narrow(1, 0, 3).fill_(0.0);
         let _ = m.narrow(0, 3, 4).narrow(1, 3, 4).fill_(0.0);
-        let out = blk.forward_t(&joint, Some(&m), Modality::Split { text_len: 3 }, false).unwrap();
+        let out = blk
+            .forward_t(&joint, Some(&m), Modality::Split { text_len: 3 }, false)
+            .unwrap();
         let t = blk.forward_t(&text, None, Modality::Text, false).unwrap();
         let i = blk.forward_t(&img, None, Modality::Image, false).unwrap();
         assert!(out.allclose(&Tensor::cat(&[t, i], 1), 1e-5, 1e-5, false));
-        assert!(blk.forward_t(&joint, None, Modality::VisionLanguage, false).is_err());
+        assert!(blk
+            .forward_t(&joint, None, Modality::VisionLanguage, false)
+            .is_err());
     }
 
     #[test]
     fn multiway_applies_a_then_b() {
         let vs = VarStore::new(Device::Cpu);
         let mw = Multiway::new(&(vs.root() / "fc"), |p| linear(p.clone(), 4, 4));
-        assert!(vs.variables().contains_key("fc.A.weight") && vs.variables().contains_key("fc.B.bias"));
+        assert!(
+            vs.variables().contains_key("fc.A.weight") && vs.variables().contains_key("fc.B.bias")
+        );
         let x = Tensor::randn([2, 5, 4], (Kind::Float, Device::Cpu));
         let y = mw.apply(&x, Split::At(2), 1, |m, t| m.forward(t));
-        assert!(y.narrow(1, 0, 2).allclose(&mw.a.forward(&x.narrow(1, 0, 2)), 1e-6, 1e-6, false));
-        assert!(y.narrow(1, 2, 3).allclose(&mw.b.forward(&x.narrow(1, 2, 3)), 1e-6, 1e-6, false));
-        assert!(mw.apply(&x, Split::AllB, 1, |m, t| m.forward(t)).allclose(&mw.b.forward(&x), 1e-6, 1e-6, false));
+        assert!(y
+            .narrow(1, 0, 2)
+            .allclose(&mw.a.forward(&x.narrow(1, 0, 2)), 1e-6, 1e-6, false));
+        assert!(y
+            .narrow(1, 2, 3)
+            .allclose(&mw.b.forward(&x.narrow(1, 2, 3)), 1e-6, 1e-6, false));
+        assert!(mw.apply(&x, Split::AllB, 1, |m, t| m.forward(t)).allclose(
+            &mw.b.forward(&x),
+            1e-6,
+            1e-6,
+            false
+        ));
     }
 }

@@ -88,7 +88,12 @@ impl VitConfig {
 pub fn interpolate_pos_embed(pos_embed: &Tensor, extra: i64, new_grid: (i64, i64)) -> Tensor {
     let (n, d) = (pos_embed.size()[1], pos_embed.size()[2]);
     let old = ((n - extra) as f64).sqrt().round() as i64;
-    assert_eq!(old * old, n - extra, "pos_embed rows {} - {extra} is not a square grid", n);
+    assert_eq!(
+        old * old,
+        n - extra,
+        "pos_embed rows {} - {extra} is not a square grid",
+        n
+    );
     if (old, old) == new_grid {
         return pos_embed.shallow_clone();
     }
@@ -296,7 +301,12 @@ mod tests {
         // a constant grid stays constant under bicubic resampling
         let c = Tensor::ones([1, 17, 2], (Kind::Float, Device::Cpu));
         let r = interpolate_pos_embed(&c, 1, (3, 3));
-        assert!(r.allclose(&Tensor::ones([1, 10, 2], (Kind::Float, Device::Cpu)), 1e-5, 1e-5, false));
+        assert!(r.allclose(
+            &Tensor::ones([1, 10, 2], (Kind::Float, Device::Cpu)),
+            1e-5,
+            1e-5,
+            false
+        ));
     }
 
     #[test]
@@ -315,7 +325,10 @@ mod tests {
         ] {
             assert!(keys.contains_key(k), "missing {k}");
         }
-        let y = vit.forward_t(&Tensor::randn([2, 3, 48, 48], (Kind::Float, Device::Cpu)), false);
+        let y = vit.forward_t(
+            &Tensor::randn([2, 3, 48, 48], (Kind::Float, Device::Cpu)),
+            false,
+        );
         assert_eq!(y.size(), vec![2, 10, 32]);
     }
 }
