@@ -14,6 +14,7 @@
 //!
 //! `docs/tasks.md` lists, per task, the accepted file formats, the metric and its convention, and
 //! the command.
+pub mod capfilt;
 pub mod data;
 pub mod eval;
 pub mod metrics;
