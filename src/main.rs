@@ -95,6 +95,10 @@ enum Cmd {
     /// Metrics of saved predictions (VQA, captioning, retrieval, NLVR2, SNLI-VE), as the official
     /// evaluation code computes them.
     Score(vlp_tasks::score::ScoreArgs),
+    /// BLIP CapFilt: caption every image with a captioner, keep the original and synthetic
+    /// captions the ITM filter scores above a threshold, write a new annotation file
+    /// (docs/capfilt.md).
+    Capfilt(vlp_tasks::capfilt::CapfiltArgs),
     /// Shapes: the built-in synthetic vision-language benchmark (`vlp shapes generate --out DIR`).
     Shapes {
         #[command(subcommand)]
@@ -260,6 +264,9 @@ fn run() -> Result<()> {
             .map(|_| ())
             .map_err(Into::into),
         Cmd::Score(args) => Ok(vlp_tasks::score::run(args)?),
+        Cmd::Capfilt(args) => vlp_tasks::capfilt::run(&args, device)
+            .map(|_| ())
+            .map_err(Into::into),
         Cmd::Models => {
             for m in registry::models() {
                 println!(
