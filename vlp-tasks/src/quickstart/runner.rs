@@ -523,11 +523,9 @@ const SPECIALS: [(usize, &str); 5] = [
 
 fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
-        serde_json::Value::String(s) => {
-            // Image paths are not text.
-            if !s.contains('/') && !s.ends_with(".png") {
-                out.push(s.clone());
-            }
+        // Image paths are not text.
+        serde_json::Value::String(s) if !s.contains('/') && !s.ends_with(".png") => {
+            out.push(s.clone());
         }
         serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
         serde_json::Value::Object(o) => o.values().for_each(|x| collect_strings(x, out)),
