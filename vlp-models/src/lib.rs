@@ -14,6 +14,7 @@ pub mod albef;
 pub mod bert;
 pub mod blip;
 mod common;
+pub mod outputs;
 pub mod parity;
 pub mod registry;
 

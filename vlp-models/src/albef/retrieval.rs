@@ -75,50 +75,7 @@ pub struct AlbefRetrieval {
     pub train: bool,
 }
 
-/// One retrieval fine-tuning batch.
-#[derive(Debug, Clone, Copy)]
-pub struct RetrievalBatch<'a> {
-    /// `[B, 3, H, W]` normalised images.
-    pub image: &'a Tensor,
-    /// `[B, L]` caption ids.
-    pub input_ids: &'a Tensor,
-    /// `[B, L]` caption mask.
-    pub attention_mask: &'a Tensor,
-    /// `[B]` image ids (captions of one image share it).
-    pub idx: &'a Tensor,
-}
-
-/// Outputs of the fine-tuning forward `model(image, text, alpha, idx)`.
-#[derive(Debug)]
-pub struct RetrievalTrainOutput {
-    /// ITC loss (multi-positive targets, distilled when `distill`).
-    pub loss_ita: Tensor,
-    /// ITM loss.
-    pub loss_itm: Tensor,
-    /// `[3B, 2]` ITM logits.
-    pub itm_logits: Tensor,
-    /// `[B, B]` negative-image weights of each text.
-    pub itm_weights_t2i: Tensor,
-    /// `[B, B]` negative-text weights of each image.
-    pub itm_weights_i2t: Tensor,
-    /// The negatives used.
-    pub negatives: NegativeDraws,
-    /// `[B, E]` momentum image features (enqueued).
-    pub image_feat_m: Tensor,
-    /// `[B, E]` momentum text features (enqueued).
-    pub text_feat_m: Tensor,
-}
-
-/// The score matrices of `Retrieval.py:evaluation`.
-#[derive(Debug)]
-pub struct RetrievalScores {
-    /// `[Ni, Nt]` ITC similarities `image_feat @ text_feat.T`.
-    pub sims: Tensor,
-    /// `[Ni, Nt]`: ITM logit for each image's top-k texts, -100 elsewhere.
-    pub i2t: Tensor,
-    /// `[Nt, Ni]`: ITM logit for each text's top-k images, -100 elsewhere.
-    pub t2i: Tensor,
-}
+pub use crate::outputs::{RetrievalBatch, RetrievalScores, RetrievalTrainOutput};
 
 impl AlbefRetrieval {
     /// Builds the model on `device` (momentum copies = online weights, queues random unit columns,
