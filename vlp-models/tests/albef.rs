@@ -588,3 +588,38 @@ fn safetensors_round_trip_reproduces_the_outputs() {
         tch::no_grad(|| b.forward(&i["image"], &i["input_ids"], &i["attention_mask"])).unwrap();
     assert!(la.logits.equal(&lb.logits));
 }
+
+#[test]
+fn vqa_decoder_of_a_small_model_starts_from_its_fusion_layers() {
+    // fusion_layer 2 of 4: decoder layers 0,1 come from encoder layers 2,3 (the official loader's
+    // hard-coded 6 would leave the decoder at random init); the rest stays as built
+    tch::manual_seed(0);
+    let cfg = config("pretrain_1");
+    let pre = AlbefPretrain::new(&cfg, Device::Cpu).unwrap();
+    let sd: StateDict = state_dict_of(pre.var_store())
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect();
+    let mut q = AlbefVqa::new(&cfg, Device::Cpu).unwrap();
+    let sd = q.adapt_state_dict(sd).unwrap();
+    let report = load_state_dict(q.var_store_mut(), &sd, LoadMode::Partial, "test").unwrap();
+    assert!(
+        report.mismatched.is_empty() && report.unexpected.is_empty(),
+        "{report}"
+    );
+    let v = |m: &dyn VlpModel, k: &str| m.var_store().variables()[k].copy();
+    for (dec, enc) in [(0, 2), (1, 3)] {
+        let d = v(
+            &q,
+            &format!("text_decoder.bert.encoder.layer.{dec}.crossattention.self.key.weight"),
+        );
+        let e = v(
+            &pre,
+            &format!("text_encoder.bert.encoder.layer.{enc}.crossattention.self.key.weight"),
+        );
+        assert!(d.equal(&e), "decoder layer {dec} != encoder layer {enc}");
+    }
+    assert!(report.missing.iter().all(|k| k.key.contains("text_decoder")
+        && !k.key.contains("layer.0.")
+        && !k.key.contains("layer.1.")));
+}

@@ -374,9 +374,13 @@ impl AlbefVqa {
 
 /// `VQA.py`'s conversion of a pretraining checkpoint (training, not `--evaluate`): `bert.`
 /// removed for the encoder, and the answer decoder initialised from the multimodal encoder —
-/// encoder layers `n >= 6` become decoder layers `n - 6` (layers below 6 are not copied), the
-/// embeddings and the MLM head (`cls.*`) move to the decoder; momentum copies likewise.
-fn pretrain_to_vqa(sd: &mut StateDict) -> Result<()> {
+/// encoder layers `n >= fusion` become decoder layers `n - fusion` (text-only layers are not
+/// copied), the embeddings and the MLM head (`cls.*`) move to the decoder; momentum copies
+/// likewise. The official loader hard-codes `fusion = 6` (ALBEF-base); here it is the config's
+/// `fusion_layer`, which is the same at base and also initialises the decoder of smaller
+/// presets (documented deviation: with the official rule a 4-layer encoder would leave the
+/// decoder at random init). Decoder layers beyond the encoder's fusion layers stay as built.
+fn pretrain_to_vqa(sd: &mut StateDict, fusion: i64) -> Result<()> {
     let keys: Vec<String> = sd.keys().cloned().collect();
     for key in keys {
         if !key.starts_with("text_encoder") {
@@ -394,11 +398,11 @@ fn pretrain_to_vqa(sd: &mut StateDict) -> Result<()> {
                     parts[4]
                 ))
             })?;
-            if n < 6 {
+            if n < fusion || n - fusion >= DECODER_LAYERS {
                 sd.remove(&key);
                 continue;
             }
-            parts[4] = (n - 6).to_string();
+            parts[4] = (n - fusion).to_string();
         }
         let dec = parts.join(".").replacen("text_encoder", "text_decoder", 1);
         sd.insert(dec, t);
@@ -411,14 +415,14 @@ impl VlpModel for AlbefVqa {
     var_store_accessors!();
     /// `VQA.py`: `visual_encoder(_m).pos_embed` interpolated to the model's grid. A pretraining
     /// checkpoint (`text_encoder.bert.*`) is converted as the official loader does for training
-    /// (see `pretrain_to_vqa`: encoder rename, decoder from encoder layers 6–11, MLM head to the
+    /// (see `pretrain_to_vqa`: encoder rename, decoder from the fusion layers (6–11 at base), MLM head to the
     /// decoder), and the pretraining-only modules are dropped. Tied decoder entries
     /// (`cls.predictions.decoder.*`) a checkpoint omits are filled from their partners.
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
-            pretrain_to_vqa(&mut sd)?;
+            pretrain_to_vqa(&mut sd, self.cfg.fusion_layer() as i64)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);
         }
         if self.momentum.is_none() {
