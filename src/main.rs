@@ -173,7 +173,8 @@ fn run() -> Result<()> {
                     .with_context(|| format!("reading {}", config.display()))?,
             )
             .with_context(|| format!("parsing {}", config.display()))?;
-            let mut m = registry::build(&model, &variant, &cfg, device)?;
+            let mut m = registry::build(&model, &variant, &cfg, device)
+                .with_context(|| format!("building {model}/{variant} from {}", config.display()))?;
             let sd = checkpoint::read_state_dict(
                 &checkpoint,
                 &ReadOptions {

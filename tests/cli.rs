@@ -114,3 +114,33 @@ fn errors_are_one_readable_line_naming_what_is_wrong() {
     let o = vlp(&["models"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("bert"));
 }
+
+#[test]
+fn a_mistyped_config_field_is_named_with_its_file() {
+    let dir = tmp("badcfg");
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, r#"{"hidden_size": 384, "num_atention_heads": 12}"#).unwrap();
+    let o = vlp(&[
+        "forward",
+        "--model",
+        "bert",
+        "--variant",
+        "encoder",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--checkpoint",
+        "a",
+        "--inputs",
+        "b",
+        "--out",
+        "c",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    std::fs::remove_dir_all(dir).ok();
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("num_atention_heads") && err.contains("config.json"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one readable line: {err}");
+}

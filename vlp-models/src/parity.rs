@@ -338,7 +338,12 @@ fn run_case_inner(
     };
     let (model_name, variant) = (field("model")?, field("variant")?);
     let config = read_json(&dir.join("config.json"))?;
-    let mut model = registry::build(&model_name, &variant, &config, opts.device)?;
+    let cfg_path = dir.join("config.json");
+    let mut model =
+        registry::build(&model_name, &variant, &config, opts.device).map_err(|e| match e {
+            VlpError::Unsupported { .. } => e,
+            e => VlpError::Msg(format!("{}: {e}", cfg_path.display())),
+        })?;
     let ckpt = match manifest["checkpoint"].as_str() {
         Some(r) => vlp_core::assets::resolve(r, dir)?,
         None => dir.join("checkpoint.pth"),
