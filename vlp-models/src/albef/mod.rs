@@ -14,6 +14,7 @@
 //! | `vqa` | `models/model_vqa.py:ALBEF` (incl. `rank_answer`) | [`vqa::AlbefVqa`] |
 //! | `nlvr2` | `models/model_nlvr.py:ALBEF` | [`nlvr::AlbefNlvr`] |
 //! | `ve` | `models/model_ve.py:ALBEF` | [`ve::AlbefVe`] |
+//! | (`vqa_cls`, vlp-rs addition, not in the registry) | none: ViLT/VLMo-style classifier head on ALBEF's encoders | [`vqa_cls::AlbefVqaClassifier`] |
 //!
 //! Building blocks: the timm-0.4 ViT of `models/vit.py` ([`VisionTransformer`](vlp_core::layers::vit::VisionTransformer)), the xbert BERT
 //! with `text`/`fusion`/`multi_modal` modes ([`AlbefBert`]), xbert's `BertOnlyMLMHead`
@@ -49,12 +50,14 @@ pub mod pretrain;
 pub mod retrieval;
 pub mod ve;
 pub mod vqa;
+pub mod vqa_cls;
 
 pub use nlvr::AlbefNlvr;
 pub use pretrain::AlbefPretrain;
 pub use retrieval::AlbefRetrieval;
 pub use ve::AlbefVe;
 pub use vqa::AlbefVqa;
+pub use vqa_cls::AlbefVqaClassifier;
 
 /// The registry's variant names.
 pub const VARIANTS: &[&str] = &["pretrain", "retrieval", "vqa", "nlvr2", "ve"];

@@ -9,6 +9,7 @@
 //! Nothing is skipped silently. A JSON syntax error is never skipped (nothing after it can be
 //! trusted); in a JSON-lines file a line that is not JSON is a bad record like any other.
 pub mod easy_vqa;
+pub mod grouped;
 pub mod json;
 pub mod karpathy;
 pub mod loader;
