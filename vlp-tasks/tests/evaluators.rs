@@ -80,11 +80,27 @@ fn transform() -> ImageTransform {
     ImageTransform::new(ImageTransformConfig::eval(32, Normalize::Clip)).unwrap()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
+/// A fresh temporary directory, removed when dropped.
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("vlp-evaluators-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 /// A small image whose content depends on `k` (format from the extension).
@@ -349,6 +365,46 @@ fn vqa_round_trip<M: VqaModel>(
     written
 }
 
+/// A ranking stand-in that answers by keyword, right, partly right or wrong depending on the
+/// question, so that the accuracies compared with `vlp score` are not all 0 or 100.
+struct Keyword;
+
+fn keyword_answer(q: &str) -> &'static str {
+    if q.contains("dog") || q.contains("riding") {
+        "yes"
+    } else if q.contains("color") {
+        "red"
+    } else if q.contains("how many") {
+        "two"
+    } else {
+        "cat"
+    }
+}
+
+impl VqaModel for Keyword {
+    fn predict(&mut self, _: &Tensor, qs: &[String]) -> vlp_core::Result<VqaPrediction> {
+        Ok(VqaPrediction::Choices(
+            qs.iter()
+                .map(|q| {
+                    ANSWERS
+                        .iter()
+                        .position(|a| *a == keyword_answer(q))
+                        .unwrap()
+                })
+                .collect(),
+        ))
+    }
+}
+
+#[test]
+fn vqa_keyword_round_trip_scores_like_vlp_score() {
+    let dir = temp_dir("vqa-keyword");
+    let answers = vqa_round_trip(&mut Keyword, &dir, "keyword", TextPrep::Raw, |q| {
+        keyword_answer(&q.question).to_string()
+    });
+    assert_eq!(answers, ["yes", "red", "two", "yes", "cat"]);
+}
+
 #[test]
 fn vqa_albef_ranking_round_trip() {
     tch::manual_seed(1);
@@ -450,7 +506,7 @@ fn vqa_classifier_on_albef_style_files() {
     ]);
     let qp = dir.join("vqa_val.json");
     write_json(&qp, &qs);
-    let questions = read_albef(&qp, &ReadOptions::new(&dir), None)
+    let questions = read_albef(&qp, &ReadOptions::new(&*dir), None)
         .unwrap()
         .items;
     let answers = strings(&ANSWERS);
@@ -584,7 +640,7 @@ fn caption_blip_round_trip() {
     ]);
     let ap = dir.join("coco_karpathy_test.json");
     write_json(&ap, &ann);
-    let entries = karpathy::read(&ap, &ReadOptions::new(&dir)).unwrap().items;
+    let entries = karpathy::read(&ap, &ReadOptions::new(&*dir)).unwrap().items;
     let images = caption::images_of(&entries).unwrap();
     assert_eq!(images.len(), 3);
     assert_eq!(images[1].references.len(), 2, "records of one image merged");
@@ -784,7 +840,7 @@ fn ve_albef_round_trip() {
     ]);
     let ap = dir.join("ve_test.json");
     write_json(&ap, &ann);
-    let ex = snli_ve::read(&ap, &ReadOptions::new(&dir)).unwrap().items;
+    let ex = snli_ve::read(&ap, &ReadOptions::new(&*dir)).unwrap().items;
     let prep = TextPrep::Albef { max_words: 30 };
     let report = evaluate_ve(&mut view, &ex, transform(), prep, &opts(3)).unwrap();
     let preds: Vec<VeLabel> = ex
@@ -998,7 +1054,7 @@ fn missing_image_is_named_and_training_mode_rejected() {
     ]);
     let qp = dir.join("vqa.json");
     write_json(&qp, &qs);
-    let questions = read_albef(&qp, &ReadOptions::new(&dir), None)
+    let questions = read_albef(&qp, &ReadOptions::new(&*dir), None)
         .unwrap()
         .items;
     let mut m = MockClassifier {
@@ -1045,7 +1101,7 @@ fn missing_image_is_named_and_training_mode_rejected() {
     let ann = json!([{"image": "img/0.png", "sentence": "a", "label": 2}, {"image": "img/absent.png", "sentence": "b", "label": 0}]);
     let ap = dir.join("ve.json");
     write_json(&ap, &ann);
-    let ex = snli_ve::read(&ap, &ReadOptions::new(&dir)).unwrap().items;
+    let ex = snli_ve::read(&ap, &ReadOptions::new(&*dir)).unwrap().items;
     let e = evaluate_ve(&mut Ve, &ex, transform(), TextPrep::Raw, &opts(2))
         .unwrap_err()
         .to_string();
