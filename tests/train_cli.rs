@@ -260,33 +260,6 @@ fn bad_configs_fail_with_one_line_naming_the_field_and_file() {
 }
 
 #[test]
-fn blip_configs_parse_and_say_not_implemented() {
-    let d = tmp("blip");
-    let data = d.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let text =
-        "model: {name: blip, variant: pretrain}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n";
-    let p = d.join("blip.yaml");
-    std::fs::write(&p, text).unwrap();
-    let err = fail(&["pretrain", "--config", p.to_str().unwrap()]);
-    assert!(
-        err.contains("not implemented") && err.contains("blip"),
-        "{err}"
-    );
-    assert!(!d.join("runs").exists());
-    // The shipped BLIP recipes say so too, before looking for their (absent) data.
-    for f in ["pretrain", "retrieval_coco", "caption_coco", "vqa", "nlvr"] {
-        let cmd = if f == "pretrain" {
-            "pretrain"
-        } else {
-            "finetune"
-        };
-        let err = fail(&[cmd, "--config", &format!("configs/blip/{f}.yaml")]);
-        assert!(err.contains("not implemented"), "{f}: {err}");
-    }
-}
-
-#[test]
 fn info_lists_variants_presets_and_checkpoints() {
     let out = ok(&["info", "albef"]);
     for w in [

@@ -105,8 +105,36 @@ pub fn info(model: &str) -> Result<()> {
             println!("  ve       : the official SNLI-VE checkpoint; a pretraining checkpoint (cls_head left at init)");
         }
         "blip" => {
-            println!("pipeline: not implemented yet (configs/blip/*.yaml parse; `vlp pretrain` on them says so)");
-            println!("checkpoints: the official BLIP releases (model_base*.pth, model_large*.pth, fine-tuned retrieval/caption/vqa/nlvr) and the HF layout; see {}", doc.display());
+            println!("pipeline: vlp pretrain (variant pretrain: itc + itm + lm), vlp finetune (retrieval, captioning, vqa, nlvr2), vlp eval; itm and hf_* are inference-only");
+            println!("presets (model.preset):");
+            for p in [Preset::Base, Preset::Small, Preset::Tiny] {
+                let c = pipeline::blip::blip_preset(p);
+                let v = c.vit_for("pretrain", false);
+                let size = c
+                    .image_size
+                    .map(|s| format!("{s}px"))
+                    .unwrap_or_else(|| "224/384/480px (class defaults)".into());
+                println!(
+                    "  {:<5} image {} patch {} ViT {}x{} ({} heads), MED {} layers of {}, embed_dim {}, queue {}",
+                    p.name(),
+                    size,
+                    v.patch_size,
+                    v.depth,
+                    v.embed_dim,
+                    v.num_heads,
+                    c.med.num_hidden_layers,
+                    c.med.hidden_size,
+                    c.embed_dim,
+                    c.queue_size
+                );
+            }
+            println!("checkpoints (model.init; .pth, .safetensors, a trainer checkpoint or a run directory):");
+            println!("  pretrain  : model_base.pth, model_base_14M.pth, model_base_capfilt_large.pth, model_large.pth, or a `vlp pretrain` run");
+            println!("  retrieval : model_{{base,large}}_retrieval_{{coco,flickr}}.pth; a pretraining checkpoint (init_mode: partial)");
+            println!("  captioning: model_base_caption_capfilt_large.pth, model_large_caption.pth; a pretraining checkpoint (its decoder)");
+            println!("  vqa       : model_base_vqa_capfilt_large.pth, model_vqa.pth; a pretraining checkpoint (encoder and decoder)");
+            println!("  nlvr2     : model_base_nlvr.pth; a pretraining checkpoint (cross-attention duplicated, as blip_nlvr.py)");
+            println!("  the HF layout (Salesforce/blip-*) loads through the registry's hf_* variants; see {}", doc.display());
         }
         _ => println!("pipeline: not available for this model"),
     }
@@ -121,7 +149,7 @@ pub fn info(model: &str) -> Result<()> {
 pub enum BenchCmd {
     /// Median time of one training step (forward, backward, AdamW) on synthetic batches.
     Step {
-        /// Model name (albef).
+        /// Model name (albef, blip; must match the config).
         #[arg(long)]
         model: Option<String>,
         /// Variant (overrides the config's `model.variant`).

@@ -8,8 +8,9 @@ use tch::{Device, Kind, Tensor};
 use vlp_core::{Result, VlpError};
 
 use super::albef::{albef_config, AlbefBatch, AlbefModel, AlbefTrainable};
+use super::blip::{self, BlipModel, BlipTrainable};
 use super::config::ExperimentConfig;
-use crate::train::{BatchClone, InMemorySource, Trainer};
+use crate::train::{BatchClone, InMemorySource, TrainConfig, TrainOutcome, Trainer};
 
 impl BatchClone for AlbefBatch {
     fn batch_clone(&self) -> Self {
@@ -121,7 +122,7 @@ pub fn synthetic_batch(variant: &str, b: i64, res: i64, len: i64) -> Result<Albe
     };
     let ones = |n: i64, l: i64| Tensor::ones([n, l], (Kind::Int64, Device::Cpu));
     Ok(match variant {
-        "pretrain" | "retrieval" => AlbefBatch::Pairs {
+        "pretrain" | "retrieval" | "captioning" => AlbefBatch::Pairs {
             image: img(b),
             input_ids: ids(b, len),
             attention_mask: ones(b, len),
@@ -158,10 +159,59 @@ pub fn synthetic_batch(variant: &str, b: i64, res: i64, len: i64) -> Result<Albe
         }
         other => {
             return Err(VlpError::Unsupported {
-                what: format!("bench of albef variant `{other}`"),
+                what: format!("bench of variant `{other}`"),
             })
         }
     })
+}
+
+fn bench_albef(
+    exp: &ExperimentConfig,
+    opts: &BenchOptions,
+    t: TrainConfig,
+    dir: &std::path::Path,
+) -> Result<TrainOutcome> {
+    let cfg = albef_config(exp)?;
+    tch::manual_seed(exp.train.seed as i64);
+    let model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
+    let batch = synthetic_batch(
+        &exp.model.variant,
+        opts.batch as i64,
+        cfg.image_res,
+        opts.text_len,
+    )?;
+    let mut trainer = Trainer::new(t, Some(dir.to_path_buf()))?;
+    let mut data = InMemorySource::new(vec![batch], opts.batch);
+    let mut trainable = AlbefTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    trainer.fit(&mut trainable, &mut data, None)
+}
+
+fn bench_blip(
+    exp: &ExperimentConfig,
+    opts: &BenchOptions,
+    t: TrainConfig,
+    dir: &std::path::Path,
+) -> Result<TrainOutcome> {
+    let (tok, tokens) = blip::blip_tokenizer(exp)?;
+    let cfg = blip::with_tokens(exp, blip::blip_config(exp)?, tokens)?;
+    tch::manual_seed(exp.train.seed as i64);
+    let model = BlipModel::build(&exp.model.variant, &cfg, &tok, opts.device)?;
+    let batch = synthetic_batch(
+        &exp.model.variant,
+        opts.batch as i64,
+        blip::image_size(&cfg, &exp.model.variant),
+        opts.text_len,
+    )?;
+    let mut trainer = Trainer::new(t, Some(dir.to_path_buf()))?;
+    let mut data = InMemorySource::new(vec![batch], opts.batch);
+    let mut trainable = BlipTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    trainer.fit(&mut trainable, &mut data, None)
 }
 
 /// Times `steps` training steps (plus one warm-up) of the variant with the trainer (AdamW, the
@@ -172,32 +222,26 @@ pub fn bench_step(opts: &BenchOptions) -> Result<BenchResult> {
         vlp_core::config::load_config_with_overrides(&opts.config, &sets)?;
     exp.source = opts.config.clone();
     if let Some(m) = &opts.model {
-        if m != "albef" {
-            return Err(VlpError::Unsupported {
-                what: format!("`vlp bench step` for model `{m}` (available: albef)"),
-            });
+        if *m != exp.model.name {
+            return Err(VlpError::Msg(format!(
+                "`vlp bench step --model {m}`: {} is a `{}` config",
+                opts.config.display(),
+                exp.model.name
+            )));
         }
     }
     if let Some(v) = &opts.variant {
         exp.model.variant = v.clone();
     }
-    if exp.model.name != "albef" {
+    if !super::run::PIPELINE_MODELS.contains(&exp.model.name.as_str()) {
         return Err(VlpError::Unsupported {
             what: format!(
-                "`vlp bench step` for model `{}` (available: albef)",
-                exp.model.name
+                "`vlp bench step` for model `{}` (available: {})",
+                exp.model.name,
+                super::run::PIPELINE_MODELS.join(", ")
             ),
         });
     }
-    let cfg = albef_config(&exp)?;
-    tch::manual_seed(exp.train.seed as i64);
-    let model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
-    let batch = synthetic_batch(
-        &exp.model.variant,
-        opts.batch as i64,
-        cfg.image_res,
-        opts.text_len,
-    )?;
     let mut t = exp.train.clone();
     t.max_steps = Some(opts.steps as u64 + 1);
     t.epochs = None;
@@ -214,13 +258,11 @@ pub fn bench_step(opts: &BenchOptions) -> Result<BenchResult> {
     }
     t.mix.clear();
     let dir = std::env::temp_dir().join(format!("vlp-bench-{}", std::process::id()));
-    let mut trainer = Trainer::new(t, Some(dir.clone()))?;
-    let mut data = InMemorySource::new(vec![batch], opts.batch);
-    let mut trainable = AlbefTrainable {
-        model,
-        alpha: cfg.alpha,
+    let out = if exp.model.name == "blip" {
+        bench_blip(&exp, opts, t, &dir)?
+    } else {
+        bench_albef(&exp, opts, t, &dir)?
     };
-    let out = trainer.fit(&mut trainable, &mut data, None)?;
     let _ = std::fs::remove_dir_all(&dir);
     let mut times: Vec<f64> = out
         .history

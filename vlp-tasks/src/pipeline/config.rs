@@ -52,9 +52,10 @@ pub enum InitMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// Registered model name (`albef`; `blip` configs parse but cannot be trained yet).
+    /// Registered model name (`albef`, `blip`).
     pub name: String,
-    /// Variant: `pretrain`, `retrieval`, `vqa`, `nlvr2`, `ve`.
+    /// Variant: ALBEF `pretrain`, `retrieval`, `vqa`, `nlvr2`, `ve`; BLIP `pretrain`,
+    /// `retrieval`, `captioning`, `vqa`, `nlvr2`.
     pub variant: String,
     /// Size preset (default `base`).
     #[serde(default)]

@@ -5,6 +5,9 @@
 //! - [`albef`]: ALBEF presets (`base`, `small`, `tiny`), data sets and batches of every task,
 //!   the [`Trainable`](crate::train::Trainable) implementation of the five variants and their
 //!   evaluation with the real metrics.
+//! - [`blip`]: BLIP presets, BLIP's tokenisation of every task (`[ENC]`/`[DEC]`, the captioning
+//!   prompt), the [`Trainable`](crate::train::Trainable) implementation of its five trainable
+//!   variants (pretrain, retrieval, captioning, vqa, nlvr2) and their evaluation.
 //! - [`run`]: `vlp pretrain|finetune|eval` — build, load `model.init`, train with the
 //!   [`Trainer`](crate::train::Trainer), evaluate, write `experiment.yaml` and `eval.json`.
 //!
@@ -15,6 +18,7 @@
 pub mod ablate;
 pub mod albef;
 pub mod bench;
+pub mod blip;
 pub mod config;
 pub mod run;
 

@@ -15,8 +15,10 @@ use super::albef::{
     albef_config, check_task, eval_data, evaluate, load_init, tokenizer, train_loader, transform,
     AlbefBatch, AlbefModel, AlbefTrainable, EvalSetup, TextEncoder,
 };
+use super::blip::{self, BlipBatch, BlipEvalSetup, BlipModel, BlipText, BlipTrainable};
 use super::config::{ExperimentConfig, InitMode};
-use crate::train::{EvalContext, LoaderSource, RunDir, Trainer};
+use crate::train::{EvalContext, LoaderSource, RunDir, TrainOutcome, Trainer};
+use vlp_core::checkpoint::LoadReport;
 
 /// The resolved experiment in a run directory.
 pub const EXPERIMENT_FILE: &str = "experiment.yaml";
@@ -78,20 +80,16 @@ fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
     }
 }
 
+/// Models the pipeline trains and evaluates.
+pub const PIPELINE_MODELS: &[&str] = &["albef", "blip"];
+
 /// Checks that the pipeline can run `model.name` / `model.variant` for `cmd`.
 pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
     let src = &exp.source;
-    match exp.model.name.as_str() {
-        "albef" => {}
-        "blip" => {
-            return Err(VlpError::Unsupported {
-                what: format!(
-                    "`vlp {}` for model `blip` ({}: model.name: blip): its training/evaluation pipeline is not written yet (available: albef)",
-                    cmd.name(),
-                    src.display()
-                ),
-            })
-        }
+    let name = exp.model.name.as_str();
+    let variants: &[&str] = match name {
+        "albef" => vlp_models::albef::VARIANTS,
+        "blip" => blip::VARIANTS,
         other => {
             let known: Vec<&str> = vlp_models::registry::models()
                 .iter()
@@ -100,9 +98,10 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
             return Err(if known.contains(&other) {
                 VlpError::Unsupported {
                     what: format!(
-                        "`vlp {}` for model `{other}` ({}): only albef has a pipeline",
+                        "`vlp {}` for model `{other}` ({}): only {} have a pipeline",
                         cmd.name(),
-                        src.display()
+                        src.display(),
+                        PIPELINE_MODELS.join(", ")
                     ),
                 }
             } else {
@@ -115,14 +114,14 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
                 )
             });
         }
-    }
+    };
     let v = exp.model.variant.as_str();
-    if !vlp_models::albef::VARIANTS.contains(&v) {
+    if !variants.contains(&v) {
         return Err(cfg_err(
             src,
             format!(
-                "field `model.variant`: unknown albef variant `{v}` (available: {})",
-                vlp_models::albef::VARIANTS.join(", ")
+                "field `model.variant`: unknown or untrainable {name} variant `{v}` (available: {})",
+                variants.join(", ")
             ),
         ));
     }
@@ -134,23 +133,34 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
             ))
         }
         Command::Finetune if v == "pretrain" => {
+            let others: Vec<&str> = variants.iter().copied().filter(|x| *x != "pretrain").collect();
             return Err(cfg_err(
                 src,
-                "field `model.variant`: `vlp finetune` trains a fine-tuning variant (retrieval, vqa, nlvr2, ve); use `vlp pretrain`",
+                format!(
+                    "field `model.variant`: `vlp finetune` trains a fine-tuning variant ({}); use `vlp pretrain`",
+                    others.join(", ")
+                ),
             ))
         }
         _ => {}
     }
-    check_task(v, exp.data.task).map_err(|e| cfg_err(src, e.to_string()))
+    let checked = if name == "blip" {
+        blip::check_task(v, exp.data.task)
+    } else {
+        check_task(v, exp.data.task)
+    };
+    checked.map_err(|e| cfg_err(src, e.to_string()))
 }
 
 /// The experiment as written into a run directory: the model config resolved inline and
 /// `data.root` absolute, so that `--resume` works from any directory.
 pub(crate) fn resolved(exp: &ExperimentConfig) -> Result<ExperimentConfig> {
     let mut e = exp.clone();
-    let cfg = albef_config(exp)?;
-    e.model.config =
-        Some(serde_yaml::to_value(&cfg).map_err(|x| VlpError::Msg(format!("model config: {x}")))?);
+    let cfg = match exp.model.name.as_str() {
+        "blip" => serde_yaml::to_value(blip::blip_config(exp)?),
+        _ => serde_yaml::to_value(albef_config(exp)?),
+    };
+    e.model.config = Some(cfg.map_err(|x| VlpError::Msg(format!("model config: {x}")))?);
     let root = exp.data.root.clone().unwrap_or_else(|| PathBuf::from("."));
     e.data.root = Some(std::fs::canonicalize(&root).map_err(|x| VlpError::io(&root, x))?);
     if let Some(init) = &exp.model.init {
@@ -186,8 +196,7 @@ fn write_eval(
     write_text(&dir.join(EVAL_FILE), &(text + "\n"))
 }
 
-fn report_init(model: &mut AlbefModel, init: &Path, mode: InitMode) -> Result<String> {
-    let rep = load_init(model, init, mode)?;
+fn report_init(rep: LoadReport, init: &Path, mode: InitMode) -> Result<String> {
     let mut s = format!(
         "init: loaded {} tensors from {} ({:?})",
         rep.loaded.len(),
@@ -207,6 +216,54 @@ fn report_init(model: &mut AlbefModel, init: &Path, mode: InitMode) -> Result<St
 
 fn has_eval_split(exp: &ExperimentConfig) -> bool {
     exp.data.task == super::config::Task::EasyVqa || !exp.split_files(&exp.eval.split).is_empty()
+}
+
+/// The BLIP model, tokenizer text settings and config of an experiment (the tokenizer's `[DEC]` /
+/// `[ENC]` ids in the config).
+fn blip_parts(
+    exp: &ExperimentConfig,
+    device: Device,
+) -> Result<(BlipModel, BlipText, vlp_models::blip::BlipConfig)> {
+    let (tok, tokens) = blip::blip_tokenizer(exp)?;
+    let cfg = blip::with_tokens(exp, blip::blip_config(exp)?, tokens)?;
+    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
+    tch::manual_seed(exp.train.seed as i64);
+    let model = BlipModel::build(&exp.model.variant, &cfg, &tok, device)?;
+    let text = BlipText {
+        tokenizer: Arc::new(tok),
+        tokens: model.tokens(),
+        max_len: exp.data.max_text_len,
+        prompt: (exp.model.variant == "captioning").then(|| cfg.prompt.clone()),
+    };
+    Ok((model, text, cfg))
+}
+
+fn blip_eval_setup(
+    exp: &ExperimentConfig,
+    text: &BlipText,
+    cfg: &vlp_models::blip::BlipConfig,
+) -> Result<BlipEvalSetup> {
+    let size = blip::image_size(cfg, &exp.model.variant);
+    Ok(BlipEvalSetup {
+        text: BlipText {
+            prompt: None,
+            ..text.clone()
+        },
+        transform: blip::transform(exp, size, false)?,
+        k_test: exp.eval.k_test,
+        batch_size: exp.eval.batch_size,
+        num_workers: exp.data.num_workers,
+    })
+}
+
+fn log_line(trainer: &Trainer, line: &str) {
+    eprintln!("{line}");
+    let log = trainer.run_dir().log_path();
+    let _ = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
 }
 
 fn eval_setup(exp: &ExperimentConfig, enc: TextEncoder) -> Result<EvalSetup> {
@@ -275,42 +332,9 @@ fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
             (exp, trainer, false)
         }
     };
-    let cfg = albef_config(&exp)?;
-    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
-    tch::manual_seed(exp.train.seed as i64);
-    let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
-    if !resuming {
-        if let Some(init) = &exp.model.init {
-            let line = report_init(&mut model, init, exp.model.init_mode)?;
-            eprintln!("{line}");
-            let log = trainer.run_dir().log_path();
-            let _ = std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(&log)
-                .and_then(|mut f| {
-                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
-                });
-        }
-    }
-    let enc = TextEncoder {
-        tokenizer: Arc::new(tokenizer(&exp)?),
-        max_len: exp.data.max_text_len,
-    };
-    let loader = train_loader(&exp, &cfg, enc.clone())?;
-    let mut source = LoaderSource::new(loader, |b: &AlbefBatch| b.len());
-    let mut trainable = AlbefTrainable {
-        model,
-        alpha: cfg.alpha,
-    };
-    let outcome = if has_eval_split(&exp) {
-        let data = eval_data(&exp)?;
-        let setup = eval_setup(&exp, enc)?;
-        let mut evaluator =
-            |m: &mut AlbefTrainable, _ctx: &EvalContext| evaluate(&mut m.model, &data, &setup);
-        trainer.fit(&mut trainable, &mut source, Some(&mut evaluator))?
-    } else {
-        trainer.fit(&mut trainable, &mut source, None)?
+    let outcome = match exp.model.name.as_str() {
+        "blip" => train_blip(&exp, &mut trainer, resuming, opts.device)?,
+        _ => train_albef(&exp, &mut trainer, resuming, opts.device)?,
     };
     let metrics = outcome
         .evals
@@ -331,6 +355,80 @@ fn run_train(cmd: Command, opts: &RunOptions) -> Result<RunSummary> {
     })
 }
 
+fn train_albef(
+    exp: &ExperimentConfig,
+    trainer: &mut Trainer,
+    resuming: bool,
+    device: Device,
+) -> Result<TrainOutcome> {
+    let cfg = albef_config(exp)?;
+    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
+    tch::manual_seed(exp.train.seed as i64);
+    let mut model = AlbefModel::build(&exp.model.variant, &cfg, device)?;
+    if !resuming {
+        if let Some(init) = &exp.model.init {
+            let rep = load_init(&mut model, init, exp.model.init_mode)?;
+            log_line(trainer, &report_init(rep, init, exp.model.init_mode)?);
+        }
+    }
+    let enc = TextEncoder {
+        tokenizer: Arc::new(tokenizer(exp)?),
+        max_len: exp.data.max_text_len,
+    };
+    let loader = train_loader(exp, &cfg, enc.clone())?;
+    let mut source = LoaderSource::new(loader, |b: &AlbefBatch| b.len());
+    let mut trainable = AlbefTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    if has_eval_split(exp) {
+        let data = eval_data(exp)?;
+        let setup = eval_setup(exp, enc)?;
+        let mut evaluator =
+            |m: &mut AlbefTrainable, _ctx: &EvalContext| evaluate(&mut m.model, &data, &setup);
+        trainer.fit(&mut trainable, &mut source, Some(&mut evaluator))
+    } else {
+        trainer.fit(&mut trainable, &mut source, None)
+    }
+}
+
+fn train_blip(
+    exp: &ExperimentConfig,
+    trainer: &mut Trainer,
+    resuming: bool,
+    device: Device,
+) -> Result<TrainOutcome> {
+    let (mut model, text, cfg) = blip_parts(exp, device)?;
+    if !resuming {
+        if let Some(init) = &exp.model.init {
+            let rep = blip::load_init(&mut model, init, exp.model.init_mode)?;
+            log_line(trainer, &report_init(rep, init, exp.model.init_mode)?);
+        }
+    }
+    let size = blip::image_size(&cfg, &exp.model.variant);
+    let loader = blip::train_loader(exp, size, text.clone())?;
+    let mut source = LoaderSource::new(loader, |b: &BlipBatch| b.len());
+    let mut trainable = BlipTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    if has_eval_split(exp) {
+        let data = blip::eval_data(exp)?;
+        let setup = blip_eval_setup(exp, &text, &cfg)?;
+        let mut evaluator =
+            |m: &mut BlipTrainable, _ctx: &EvalContext| blip::evaluate(&mut m.model, &data, &setup);
+        trainer.fit(&mut trainable, &mut source, Some(&mut evaluator))
+    } else {
+        trainer.fit(&mut trainable, &mut source, None)
+    }
+}
+
+/// The model `vlp eval` evaluates.
+enum EvalModel {
+    Albef(AlbefModel),
+    Blip(BlipModel, BlipText, Box<vlp_models::blip::BlipConfig>),
+}
+
 fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
     let sets = set_refs(opts);
     let exp = match (&opts.config, &opts.resume) {
@@ -344,10 +442,19 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
     };
     check_model(&exp, Command::Eval)?;
     exp.validate()?;
-    let cfg = albef_config(&exp)?;
-    // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
-    tch::manual_seed(exp.train.seed as i64);
-    let mut model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
+    let mut model = match exp.model.name.as_str() {
+        "blip" => {
+            let (model, text, cfg) = blip_parts(&exp, opts.device)?;
+            EvalModel::Blip(model, text, Box::new(cfg))
+        }
+        _ => {
+            let cfg = albef_config(&exp)?;
+            // The initial weights and queues draw from torch's generator: seed it for
+            // reproducible runs.
+            tch::manual_seed(exp.train.seed as i64);
+            EvalModel::Albef(AlbefModel::build(&exp.model.variant, &cfg, opts.device)?)
+        }
+    };
     let ckpt: Option<PathBuf> = match (&opts.resume, &exp.model.init) {
         (Some(dir), _) => Some(dir.clone()),
         (None, Some(init)) => Some(init.clone()),
@@ -360,7 +467,11 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
             } else {
                 exp.model.init_mode
             };
-            eprintln!("{}", report_init(&mut model, p, mode)?);
+            let rep = match &mut model {
+                EvalModel::Albef(m) => load_init(m, p, mode)?,
+                EvalModel::Blip(m, ..) => blip::load_init(m, p, mode)?,
+            };
+            eprintln!("{}", report_init(rep, p, mode)?);
         }
         None => eprintln!(
             "warning: no model.init: evaluating a randomly initialised {} model",
@@ -376,13 +487,22 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
     if opts.resume.as_deref() != Some(out.as_path()) {
         write_text(&out.join(EXPERIMENT_FILE), &resolved(&exp)?.to_yaml()?)?;
     }
-    let enc = TextEncoder {
-        tokenizer: Arc::new(tokenizer(&exp)?),
-        max_len: exp.data.max_text_len,
+    let metrics = match &mut model {
+        EvalModel::Albef(m) => {
+            let enc = TextEncoder {
+                tokenizer: Arc::new(tokenizer(&exp)?),
+                max_len: exp.data.max_text_len,
+            };
+            let data = eval_data(&exp)?;
+            let setup = eval_setup(&exp, enc)?;
+            evaluate(m, &data, &setup)?
+        }
+        EvalModel::Blip(m, text, cfg) => {
+            let data = blip::eval_data(&exp)?;
+            let setup = blip_eval_setup(&exp, text, cfg)?;
+            blip::evaluate(m, &data, &setup)?
+        }
     };
-    let data = eval_data(&exp)?;
-    let setup = eval_setup(&exp, enc)?;
-    let metrics = evaluate(&mut model, &data, &setup)?;
     let resolved_ckpt = ckpt
         .as_deref()
         .map(super::albef::resolve_init)
