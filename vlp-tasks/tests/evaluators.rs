@@ -11,7 +11,9 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 use vlp_core::image::{ImageTransform, ImageTransformConfig, Normalize};
 use vlp_core::text::{EncodeOptions, Padding, SpecialStyle, Tokenizer};
-use vlp_models::albef::{AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa};
+use vlp_models::albef::{
+    AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa, AlbefVqaClassifier,
+};
 use vlp_models::blip::{
     with_first_token, BlipConfig, BlipDecoder, BlipNlvr, BlipPretrain, BlipRetrieval, BlipVqa,
 };
@@ -23,7 +25,7 @@ use vlp_tasks::data::{nlvr2, snli_ve, ReadOptions, TextPrep};
 use vlp_tasks::eval::caption::{self, CaptionModel};
 use vlp_tasks::eval::classify::{evaluate_nlvr2, evaluate_ve, Nlvr2Model, VeModel};
 use vlp_tasks::eval::models::albef::{
-    AlbefNlvr2Eval, AlbefRetrievalEval, AlbefVeEval, AlbefVqaEval,
+    AlbefNlvr2Eval, AlbefRetrievalEval, AlbefVeEval, AlbefVqaClassifierEval, AlbefVqaEval,
 };
 use vlp_tasks::eval::models::blip::{
     BlipCaptionEval, BlipNlvr2Eval, BlipRetrievalEval, BlipText, BlipVqaEval,
@@ -423,6 +425,38 @@ fn vqa_albef_ranking_round_trip() {
         ANSWERS[ids.int64_value(&[0, 0]) as usize].to_string()
     };
     vqa_round_trip(&mut view, &dir, "albef", prep, direct);
+}
+
+#[test]
+fn vqa_albef_classifier_round_trip() {
+    tch::manual_seed(8);
+    let model =
+        AlbefVqaClassifier::new(&albef_cfg("vqa_1"), ANSWERS.len() as i64, Device::Cpu).unwrap();
+    let enc = albef_text();
+    let mut view = AlbefVqaClassifierEval::new(&model, &enc).unwrap();
+    let dir = temp_dir("vqa-albef-cls");
+    let prep = TextPrep::Albef { max_words: 50 };
+    let direct = |q: &vlp_tasks::data::vqa::VqaQuestion| {
+        let (qi, qm) = enc.encode(&[prep.question(&q.question).as_str()]).unwrap();
+        let l = tch::no_grad(|| model.forward(&load(&q.image), &qi, &qm)).unwrap();
+        ANSWERS[l.argmax(1, false).int64_value(&[0]) as usize].to_string()
+    };
+    vqa_round_trip(&mut view, &dir, "albef_cls", prep, direct);
+    // The candidates must be the head's vocabulary.
+    let questions = read_official(&dir.join("questions.json"), None, &ReadOptions::new(&*dir))
+        .unwrap()
+        .items;
+    let e = vqa::evaluate(
+        &mut view,
+        &questions,
+        &strings(&ANSWERS[..5]),
+        transform(),
+        prep,
+        &opts(2),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("5 candidate answers for a head over 6"), "{e}");
 }
 
 #[test]

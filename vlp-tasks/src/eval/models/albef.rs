@@ -6,6 +6,8 @@
 //!   [`Fusion::ItmOnly`]).
 //! - [`AlbefVqaEval`]: `AlbefVqa` as a ranking [`VqaModel`] (`rank_answer` over the answer list,
 //!   `k_test` candidates, the best one).
+//! - [`AlbefVqaClassifierEval`]: `AlbefVqaClassifier` (vlp-rs's classifier head) as a
+//!   classifier [`VqaModel`] (logits over the answer vocabulary).
 //! - [`AlbefNlvr2Eval`], [`AlbefVeEval`]: the NLVR2 and SNLI-VE classifiers.
 use super::check_eval_mode;
 use crate::eval::classify::{Nlvr2Model, VeModel};
@@ -17,7 +19,9 @@ use tch::{Device, Kind, Tensor};
 use vlp_core::layers::bert::CrossInput;
 use vlp_core::text::{EncodeOptions, Padding, SpecialStyle};
 use vlp_core::{Result, VlpError};
-use vlp_models::albef::{normalize, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa};
+use vlp_models::albef::{
+    normalize, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa, AlbefVqaClassifier,
+};
 use vlp_models::VlpModel;
 
 /// The ALBEF models with unimodal encoders and an ITM head.
@@ -229,6 +233,56 @@ impl VqaModel for AlbefVqaEval<'_> {
         Ok(VqaPrediction::Choices(
             best.into_iter().map(|b| b as usize).collect(),
         ))
+    }
+}
+
+/// `AlbefVqaClassifier` as a classifier [`VqaModel`]: logits `[B, n_answers]` over the answer
+/// vocabulary the head was trained on (the candidates must be that vocabulary, in label order).
+#[derive(Debug)]
+pub struct AlbefVqaClassifierEval<'a> {
+    model: &'a AlbefVqaClassifier,
+    enc: TextEncoder,
+}
+
+impl<'a> AlbefVqaClassifierEval<'a> {
+    /// A view of `model` (in evaluation mode) encoding questions with `enc`.
+    pub fn new(model: &'a AlbefVqaClassifier, enc: &TextEncoder) -> Result<Self> {
+        check_eval_mode(model.train, "AlbefVqaClassifierEval")?;
+        Ok(AlbefVqaClassifierEval {
+            model,
+            enc: enc.clone(),
+        })
+    }
+}
+
+impl VqaModel for AlbefVqaClassifierEval<'_> {
+    /// Checks that the candidates are as many as the head's answers.
+    fn prepare(&mut self, answers: &[String]) -> Result<()> {
+        if answers.len() as i64 != self.model.num_answers {
+            return Err(VlpError::input(
+                "answers",
+                format!(
+                    "{} candidate answers for a head over {} answers (pass its vocabulary)",
+                    answers.len(),
+                    self.model.num_answers
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn predict(&mut self, images: &Tensor, questions: &[String]) -> Result<VqaPrediction> {
+        let dev = self.model.var_store().device();
+        let refs: Vec<&str> = questions.iter().map(String::as_str).collect();
+        let (qi, qm) = self.enc.encode(&refs)?;
+        let logits = tch::no_grad(|| {
+            self.model.forward(
+                &images.to_device(dev),
+                &qi.to_device(dev),
+                &qm.to_device(dev),
+            )
+        })?;
+        Ok(VqaPrediction::Logits(logits))
     }
 }
 

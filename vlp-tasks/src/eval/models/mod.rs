@@ -2,10 +2,10 @@
 //! model (in evaluation mode: `train = false`, the default) with its text encoding, move the
 //! inputs to the model's device and run without gradients.
 //!
-//! | model | retrieval ([`RetrievalModel`](crate::eval::retrieval::RetrievalModel)) | VQA (ranking) | captioning | NLVR2 | SNLI-VE |
+//! | model | retrieval ([`RetrievalModel`](crate::eval::retrieval::RetrievalModel)) | VQA | captioning | NLVR2 | SNLI-VE |
 //! |---|---|---|---|---|---|
-//! | ALBEF | pretrain / retrieval, [`Fusion::ItmOnly`](crate::eval::retrieval::Fusion) | `AlbefVqa` | — | `AlbefNlvr` | `AlbefVe` |
-//! | BLIP | pretrain / retrieval / itm, [`Fusion::ItmPlusItc`](crate::eval::retrieval::Fusion) | `BlipVqa` | `BlipDecoder` | `BlipNlvr` | — |
+//! | ALBEF | pretrain / retrieval, [`Fusion::ItmOnly`](crate::eval::retrieval::Fusion) | `AlbefVqa` (ranking), `AlbefVqaClassifier` (classifier) | — | `AlbefNlvr` | `AlbefVe` |
+//! | BLIP | pretrain / retrieval / itm, [`Fusion::ItmPlusItc`](crate::eval::retrieval::Fusion) | `BlipVqa` (ranking) | `BlipDecoder` | `BlipNlvr` | — |
 pub mod albef;
 pub mod blip;
 
