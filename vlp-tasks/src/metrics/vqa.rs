@@ -291,10 +291,17 @@ pub fn vqa_accuracy(prediction: &str, gts: &[GtAnswer]) -> f64 {
             })
             .collect()
     };
-    let total: f64 = gts
-        .iter()
-        .map(|g| {
-            let matching = gts.iter().filter(|o| *o != g && o.answer == res).count();
+    // Each annotator is compared with the nine others. The official code leaves out the
+    // annotator's own record by dict equality, which in the official files (distinct
+    // `answer_id`s) is its position; comparing positions keeps that right for answers built
+    // without ids too (identical answers are still different annotators).
+    let total: f64 = (0..gts.len())
+        .map(|i| {
+            let matching = gts
+                .iter()
+                .enumerate()
+                .filter(|(j, o)| *j != i && o.answer == res)
+                .count();
             (matching as f64 / 3.0).min(1.0)
         })
         .sum();
@@ -458,6 +465,24 @@ pub fn target_vector(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_without_ids_are_still_ten_annotators() {
+        let mut gts: Vec<GtAnswer> = (0..3).map(|_| GtAnswer::new("yes")).collect();
+        gts.extend((0..7).map(|_| GtAnswer::new("no")));
+        // Leaving out a "yes" annotator: 2 matches (2/3); a "no" one: 3 matches (1).
+        let want = (3.0 * (2.0 / 3.0) + 7.0) / 10.0;
+        assert!((vqa_accuracy("yes", &gts) - want).abs() < 1e-12);
+        let with_ids: Vec<GtAnswer> = gts
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GtAnswer {
+                answer_id: Some(i as u64 + 1),
+                ..g.clone()
+            })
+            .collect();
+        assert_eq!(vqa_accuracy("yes", &gts), vqa_accuracy("yes", &with_ids));
+    }
 
     #[test]
     fn punctuation_rules() {
