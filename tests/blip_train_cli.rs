@@ -1,5 +1,6 @@
 //! BLIP through the experiment pipeline, on the tiny preset (seconds each): the loss of a
-//! pre-training run on one fixed batch goes down; `vlp pretrain` → checkpoint → `vlp finetune`
+//! pre-training run on one fixed batch goes down; captioning trained on one fixed batch makes beam
+//! search produce captions close to it; `vlp pretrain` → checkpoint → `vlp finetune`
 //! (retrieval, captioning, VQA, NLVR2, all from the pre-training run) → `vlp eval`, with finite
 //! metrics; kill-and-resume reproduces the uninterrupted run's losses exactly on CPU; every
 //! shipped config parses; `vlp info blip` and `vlp bench step` know BLIP.
@@ -416,4 +417,87 @@ fn info_and_bench_know_blip() {
         "2",
     ]);
     assert!(out.contains("blip pretrain (tiny)"), "{out}");
+}
+
+#[test]
+fn blip_captioning_learns_a_fixed_batch_and_beam_search_follows_it() {
+    let exp = ExperimentConfig::from_yaml(
+        "model: {name: blip, variant: captioning, preset: tiny}\ndata: {task: retrieval}\ntrain: {max_steps: 1}\n",
+    )
+    .unwrap();
+    let (tok, tokens) = blip::blip_tokenizer(&exp).unwrap();
+    let cfg = blip::with_tokens(&exp, blip::blip_preset(Preset::Tiny), tokens).unwrap();
+    tch::manual_seed(0);
+    let model = BlipModel::build("captioning", &cfg, &tok, Device::Cpu).unwrap();
+    let text = BlipText {
+        tokenizer: Arc::new(tok),
+        tokens,
+        max_len: 40,
+        prompt: Some(cfg.prompt.clone()),
+    };
+    let captions = [
+        "a red circle above a blue square",
+        "two green triangles",
+        "a small yellow star on the left",
+        "a large white cross",
+    ];
+    let prompted: Vec<String> = captions
+        .iter()
+        .map(|c| format!("{}{c}", cfg.prompt))
+        .collect();
+    let refs: Vec<&str> = prompted.iter().map(String::as_str).collect();
+    let (input_ids, attention_mask) = text.encode(&refs).unwrap();
+    let b = captions.len() as i64;
+    let image = Tensor::randn([b, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let batch = AlbefBatch::Pairs {
+        image: image.shallow_clone(),
+        input_ids,
+        attention_mask,
+        idx: Tensor::arange(b, (Kind::Int64, Device::Cpu)),
+    };
+    let steps = 150;
+    let tc = TrainConfig::from_yaml(&format!(
+        "name: blip-cap-fixed\nmax_steps: {steps}\nbatch_size: 4\nlog_every: 10\nckpt_every: 0\nplot_every: 1000\nprogress: false\noptimizer: {{lr: 2.0e-3, weight_decay: 0.0}}\nschedule: {{kind: constant, per: step}}\n"
+    ))
+    .unwrap();
+    let dir = tmp("capfixed");
+    let mut trainer = Trainer::new(tc, Some(dir.join("run"))).unwrap();
+    let mut data = InMemorySource::new(vec![batch], captions.len());
+    let mut trainable = BlipTrainable {
+        model,
+        alpha: cfg.alpha,
+    };
+    let out = trainer.fit(&mut trainable, &mut data, None).unwrap();
+    let lm: Vec<f64> = out.history.iter().map(|r| r.terms["lm"]).collect();
+    eprintln!("captioning lm loss: {lm:?}");
+    let BlipModel::Captioning(cap) = &mut trainable.model else {
+        unreachable!()
+    };
+    cap.train = false;
+    let got = tch::no_grad(|| {
+        let prompt = cap.prompt_ids(&text.tokenizer, &cfg.prompt).unwrap();
+        let ids = cap
+            .generate(&image, &prompt, &cap.generate_options())
+            .unwrap();
+        cap.captions(&text.tokenizer, &ids).unwrap()
+    });
+    eprintln!("generated: {got:?}");
+    // Measured (CPU, seed 0, 150 steps): lm 9.52 -> 2.16 (label-smoothed; the floor is ~1.4),
+    // ["a red red above a blue circle", "two triangles triangles", "a small left star on small
+    // left", "a white white cross"]: the decoder is image-conditioned and on its way to the
+    // references, which checks that training (prompt + caption, [DEC], prompt targets masked)
+    // and generation (from "[DEC] a picture of") agree.
+    assert!(lm[lm.len() - 1] < 0.3 * lm[0], "{lm:?}");
+    let pairs: Vec<(String, Vec<String>)> = got
+        .iter()
+        .zip(captions)
+        .map(|(g, c)| (g.trim().to_string(), vec![c.to_string()]))
+        .collect();
+    assert!(pairs.iter().all(|(g, _)| !g.is_empty()), "{got:?}");
+    let m = vlp_tasks::metrics::caption::caption_metrics(&pairs);
+    eprintln!(
+        "BLEU-1 {:.3}, BLEU-4 {:.3}, CIDEr {:.3}",
+        m.bleu_1, m.bleu_4, m.cider
+    );
+    assert!(m.bleu_1 > 0.5, "generated {got:?} for {captions:?}: {m:?}");
 }

@@ -41,7 +41,7 @@ pub struct AblationRow {
 }
 
 fn main_metric(m: &BTreeMap<String, f64>) -> Option<(&'static str, f64)> {
-    for k in ["r_mean", "vqa_acc", "acc"] {
+    for k in ["r_mean", "vqa_acc", "acc", "cider"] {
         if let Some(v) = m.get(k) {
             return Some((k, *v));
         }
