@@ -101,12 +101,21 @@ fn train_losses(run: &Path) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// torch's generator is global to the process: the in-process training tests hold this lock so
+/// that their draws (initial weights, images, dropout, negatives) are not interleaved.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn mean(x: &[f64]) -> f64 {
     x.iter().sum::<f64>() / x.len() as f64
 }
 
 #[test]
 fn blip_pretrain_loss_decreases_on_a_fixed_batch() {
+    let _rng = torch_rng();
     let exp = ExperimentConfig::from_yaml(
         "model: {name: blip, variant: pretrain, preset: tiny}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n",
     )
@@ -421,6 +430,7 @@ fn info_and_bench_know_blip() {
 
 #[test]
 fn blip_captioning_learns_a_fixed_batch_and_beam_search_follows_it() {
+    let _rng = torch_rng();
     let exp = ExperimentConfig::from_yaml(
         "model: {name: blip, variant: captioning, preset: tiny}\ndata: {task: retrieval}\ntrain: {max_steps: 1}\n",
     )
