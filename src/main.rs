@@ -27,6 +27,10 @@ struct Cli {
     /// Device: auto (CUDA if available), cpu, cuda, cuda:N.
     #[arg(long, global = true, default_value = "auto")]
     device: String,
+    /// CPU threads of libtorch's intra-op pool (default: libtorch's choice, the number of
+    /// cores). On a machine shared with other work, 1 avoids stalls at the pool's barriers.
+    #[arg(long, global = true)]
+    threads: Option<i32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -144,6 +148,12 @@ fn main() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        if n < 1 {
+            bail!("--threads: expected at least 1, got {n}");
+        }
+        tch::set_num_threads(n);
+    }
     let device = vlp_core::device::parse_device(&cli.device)?;
     match cli.cmd {
         Cmd::Smoke { sentences } => smoke(sentences, device),

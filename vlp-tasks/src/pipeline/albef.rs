@@ -20,16 +20,18 @@ use vlp_models::albef::retrieval::RetrievalBatch;
 use vlp_models::albef::vqa::VqaTrainBatch;
 use vlp_models::albef::{
     normalize, AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa,
+    AlbefVqaClassifier,
 };
 use vlp_models::VlpModel;
 
 use super::config::{ExperimentConfig, InitMode, Preset, Task};
 use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, EasyVqaSample, Split as EasySplit};
+use crate::data::grouped::{easy_as_vqa, GroupedVqaDataset, GroupedVqaSample};
 use crate::data::karpathy::{self, CaptionDataset, CaptionSample, RetrievalGallery};
 use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
 use crate::data::nlvr2::{self, Nlvr2Dataset, Nlvr2Sample};
 use crate::data::snli_ve::{self, VeDataset, VeSample};
-use crate::data::vqa::{self as vqa_data, VqaDataset, VqaQuestion, VqaSample};
+use crate::data::vqa::{self as vqa_data, AnswerVocab, VqaDataset, VqaQuestion, VqaSample};
 use crate::data::{ReadOptions, TextPrep};
 use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig, RetrievalModel};
 use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
@@ -150,16 +152,51 @@ pub enum AlbefModel {
     Retrieval(Box<AlbefRetrieval>),
     /// `vqa`.
     Vqa(Box<AlbefVqa>),
+    /// `vqa_cls`: the classifier VQA head (a vlp-rs addition, [`AlbefVqaClassifier`]).
+    VqaCls(Box<AlbefVqaClassifier>),
     /// `nlvr2`.
     Nlvr2(Box<AlbefNlvr>),
     /// `ve`.
     Ve(Box<AlbefVe>),
 }
 
+/// The variants the pipeline trains: the registry's five and `vqa_cls`.
+pub const PIPELINE_VARIANTS: &[&str] = &["pretrain", "retrieval", "vqa", "vqa_cls", "nlvr2", "ve"];
+
 impl AlbefModel {
-    /// Builds `variant` on `device`.
+    /// Builds `variant` on `device` (`vqa_cls` needs its answer vocabulary: use
+    /// [`AlbefModel::build_for`]).
     pub fn build(variant: &str, cfg: &AlbefConfig, device: Device) -> Result<Self> {
+        Self::build_with_answers(variant, cfg, None, device)
+    }
+
+    /// Builds the experiment's variant; `vqa_cls` gets the size of the task's answer vocabulary
+    /// ([`answer_vocab`]).
+    pub fn build_for(exp: &ExperimentConfig, cfg: &AlbefConfig, device: Device) -> Result<Self> {
+        let n = if exp.model.variant == "vqa_cls" {
+            Some(answer_vocab(exp)?.len())
+        } else {
+            None
+        };
+        Self::build_with_answers(&exp.model.variant, cfg, n, device)
+    }
+
+    /// Builds `variant`; `num_answers` sizes the `vqa_cls` head.
+    pub fn build_with_answers(
+        variant: &str,
+        cfg: &AlbefConfig,
+        num_answers: Option<usize>,
+        device: Device,
+    ) -> Result<Self> {
         Ok(match variant {
+            "vqa_cls" => {
+                let n = num_answers.ok_or_else(|| {
+                    VlpError::Msg(
+                        "albef vqa_cls: the size of the answer vocabulary is needed".into(),
+                    )
+                })?;
+                AlbefModel::VqaCls(Box::new(AlbefVqaClassifier::new(cfg, n as i64, device)?))
+            }
             "pretrain" => AlbefModel::Pretrain(Box::new(AlbefPretrain::new(cfg, device)?)),
             "retrieval" => AlbefModel::Retrieval(Box::new(AlbefRetrieval::new(cfg, device)?)),
             "vqa" => AlbefModel::Vqa(Box::new(AlbefVqa::new(cfg, device)?)),
@@ -169,7 +206,7 @@ impl AlbefModel {
                 return Err(VlpError::Unsupported {
                     what: format!(
                         "variant `{other}` of `albef` (available: {})",
-                        vlp_models::albef::VARIANTS.join(", ")
+                        PIPELINE_VARIANTS.join(", ")
                     ),
                 })
             }
@@ -182,6 +219,7 @@ impl AlbefModel {
             AlbefModel::Pretrain(m) => m.as_ref(),
             AlbefModel::Retrieval(m) => m.as_ref(),
             AlbefModel::Vqa(m) => m.as_ref(),
+            AlbefModel::VqaCls(m) => m.as_ref(),
             AlbefModel::Nlvr2(m) => m.as_ref(),
             AlbefModel::Ve(m) => m.as_ref(),
         }
@@ -193,6 +231,7 @@ impl AlbefModel {
             AlbefModel::Pretrain(m) => m.as_mut(),
             AlbefModel::Retrieval(m) => m.as_mut(),
             AlbefModel::Vqa(m) => m.as_mut(),
+            AlbefModel::VqaCls(m) => m.as_mut(),
             AlbefModel::Nlvr2(m) => m.as_mut(),
             AlbefModel::Ve(m) => m.as_mut(),
         }
@@ -204,6 +243,7 @@ impl AlbefModel {
             AlbefModel::Pretrain(m) => m.train = train,
             AlbefModel::Retrieval(m) => m.train = train,
             AlbefModel::Vqa(m) => m.train = train,
+            AlbefModel::VqaCls(m) => m.train = train,
             AlbefModel::Nlvr2(m) => m.train = train,
             AlbefModel::Ve(m) => m.train = train,
         }
@@ -215,6 +255,7 @@ impl AlbefModel {
             AlbefModel::Pretrain(_) => "pretrain",
             AlbefModel::Retrieval(_) => "retrieval",
             AlbefModel::Vqa(_) => "vqa",
+            AlbefModel::VqaCls(_) => "vqa_cls",
             AlbefModel::Nlvr2(_) => "nlvr2",
             AlbefModel::Ve(_) => "ve",
         }
@@ -288,6 +329,11 @@ pub enum AlbefBatch {
         counts: Tensor,
         /// `[N]` answer weights.
         weights: Tensor,
+        /// `[B]` image row of each question when the images of the batch are fewer than its
+        /// questions (grouped samples: each image encoded once); `None`: one image per question.
+        image_index: Option<Tensor>,
+        /// `(label, score)` classifier targets of each question (empty without a vocabulary).
+        targets: Vec<Vec<(usize, f32)>>,
     },
     /// Classification (NLVR2: `image` is `[image0 (B); image1 (B)]`; SNLI-VE).
     Classify {
@@ -328,6 +374,8 @@ pub enum AnySample {
     Vqa(VqaSample),
     /// easy-VQA question with its answer string.
     EasyVqa(EasyVqaSample, String),
+    /// An image with several of its questions.
+    VqaGroup(GroupedVqaSample),
     /// NLVR2 example.
     Nlvr2(Nlvr2Sample),
     /// SNLI-VE example.
@@ -343,6 +391,8 @@ pub enum AnyDataset {
     Vqa(VqaDataset),
     /// easy-VQA (with its answers).
     EasyVqa(EasyVqaDataset, Arc<Vec<String>>),
+    /// VQA grouped by image (`data.questions_per_image`).
+    VqaGrouped(GroupedVqaDataset),
     /// NLVR2.
     Nlvr2(Nlvr2Dataset),
     /// SNLI-VE.
@@ -356,6 +406,7 @@ impl Dataset for AnyDataset {
             AnyDataset::Caption(d) => d.len(),
             AnyDataset::Vqa(d) => d.len(),
             AnyDataset::EasyVqa(d, _) => d.len(),
+            AnyDataset::VqaGrouped(d) => d.len(),
             AnyDataset::Nlvr2(d) => d.len(),
             AnyDataset::Ve(d) => d.len(),
         }
@@ -369,6 +420,7 @@ impl Dataset for AnyDataset {
                 let a = answers.get(s.label).cloned().unwrap_or_default();
                 AnySample::EasyVqa(s, a)
             }
+            AnyDataset::VqaGrouped(d) => AnySample::VqaGroup(d.get(i, rng)?),
             AnyDataset::Nlvr2(d) => AnySample::Nlvr2(d.get(i, rng)?),
             AnyDataset::Ve(d) => AnySample::Ve(d.get(i, rng)?),
         })
@@ -415,6 +467,9 @@ fn mismatch(what: &str) -> VlpError {
     VlpError::Msg(format!("collate: mixed samples in one batch ({what})"))
 }
 
+/// One question of a VQA batch: text, weighted answers, classifier targets.
+type QuestionItem = (String, Vec<(String, f32)>, Vec<(usize, f32)>);
+
 /// Builds a batch of any task's samples.
 pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch> {
     let first = samples
@@ -442,24 +497,45 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                 idx: Tensor::from_slice(&idx),
             })
         }
-        AnySample::Vqa(_) | AnySample::EasyVqa(..) => {
+        AnySample::Vqa(_) | AnySample::EasyVqa(..) | AnySample::VqaGroup(_) => {
             let mut imgs = Vec::new();
             let mut qs = Vec::new();
             let mut answers: Vec<String> = Vec::new();
             let mut weights: Vec<f32> = Vec::new();
             let mut counts: Vec<i64> = Vec::new();
+            let mut targets: Vec<Vec<(usize, f32)>> = Vec::new();
+            let mut image_index: Vec<i64> = Vec::new();
+            let mut grouped = false;
             for s in samples {
-                let (image, q, ans) = match s {
-                    AnySample::Vqa(s) => (s.image, s.question, s.answers),
-                    AnySample::EasyVqa(s, a) => (s.image, s.question, vec![(a, 1.0)]),
+                let row = imgs.len() as i64;
+                let items: Vec<QuestionItem> = match s {
+                    AnySample::Vqa(s) => {
+                        imgs.push(s.image);
+                        vec![(s.question, s.answers, s.targets)]
+                    }
+                    AnySample::EasyVqa(s, a) => {
+                        imgs.push(s.image);
+                        vec![(s.question, vec![(a, 1.0)], vec![(s.label, 1.0)])]
+                    }
+                    AnySample::VqaGroup(g) => {
+                        grouped = true;
+                        imgs.push(g.image);
+                        g.questions
+                            .into_iter()
+                            .map(|q| (q.question, q.answers, q.targets))
+                            .collect()
+                    }
                     _ => return Err(mismatch("vqa")),
                 };
-                imgs.push(image);
-                qs.push(q);
-                counts.push(ans.len() as i64);
-                for (a, w) in ans {
-                    answers.push(a);
-                    weights.push(w);
+                for (q, ans, t) in items {
+                    qs.push(q);
+                    image_index.push(row);
+                    targets.push(t);
+                    counts.push(ans.len() as i64);
+                    for (a, w) in ans {
+                        answers.push(a);
+                        weights.push(w);
+                    }
                 }
             }
             let q: Vec<&str> = qs.iter().map(String::as_str).collect();
@@ -474,6 +550,8 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                 answer_mask,
                 counts: Tensor::from_slice(&counts),
                 weights: Tensor::from_slice(&weights),
+                image_index: grouped.then(|| Tensor::from_slice(&image_index)),
+                targets,
             })
         }
         AnySample::Nlvr2(_) | AnySample::Ve(_) => {
@@ -579,22 +657,7 @@ pub fn train_dataset(exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDat
             let entries = karpathy::read_many(&files, &read_opts(exp))?.items;
             AnyDataset::Caption(CaptionDataset::new(entries, tf, prep(exp)))
         }
-        Task::Vqa => {
-            let qs = read_vqa(exp, &need_files(exp, "train")?)?;
-            AnyDataset::Vqa(VqaDataset::new(
-                qs,
-                tf,
-                prep(exp),
-                ScoreConvention::CountOverLen,
-                None,
-            ))
-        }
-        Task::EasyVqa => {
-            let ev = easy_vqa(exp)?;
-            let qs = ev.read(EasySplit::Train, exp.data.skip_bad_samples)?.items;
-            let answers = Arc::new(ev.answers.answers().to_vec());
-            AnyDataset::EasyVqa(EasyVqaDataset::new(qs, tf), answers)
-        }
+        Task::Vqa | Task::EasyVqa => vqa_train_dataset(exp, tf)?,
         Task::Nlvr2 => {
             let mut ex = Vec::new();
             for f in need_files(exp, "train")? {
@@ -635,13 +698,83 @@ pub fn train_loader(
     DataLoader::new(ds, move |s: Vec<AnySample>| collate(&enc, s), lc)
 }
 
+/// The VQA / easy-VQA training set: grouped by image when `data.questions_per_image` is set,
+/// with classifier targets for `vqa_cls` (soft scores count / len, as ALBEF/BLIP).
+pub fn vqa_train_dataset(exp: &ExperimentConfig, tf: ImageTransform) -> Result<AnyDataset> {
+    let vocab = if exp.model.variant == "vqa_cls" {
+        Some(Arc::new(answer_vocab(exp)?))
+    } else {
+        None
+    };
+    let per_image = exp.data.questions_per_image;
+    Ok(if exp.data.task == Task::EasyVqa {
+        let ev = easy_vqa(exp)?;
+        let qs = ev.read(EasySplit::Train, exp.data.skip_bad_samples)?.items;
+        match per_image {
+            Some(k) => AnyDataset::VqaGrouped(GroupedVqaDataset::new(
+                qs.into_iter().map(easy_as_vqa).collect(),
+                k,
+                tf,
+                TextPrep::Raw,
+                ScoreConvention::CountOverLen,
+                vocab,
+            )),
+            None => {
+                let answers = Arc::new(ev.answers.answers().to_vec());
+                AnyDataset::EasyVqa(EasyVqaDataset::new(qs, tf), answers)
+            }
+        }
+    } else {
+        let qs = read_vqa(exp, &need_files(exp, "train")?)?;
+        match per_image {
+            Some(k) => AnyDataset::VqaGrouped(GroupedVqaDataset::new(
+                qs,
+                k,
+                tf,
+                prep(exp),
+                ScoreConvention::CountOverLen,
+                vocab,
+            )),
+            None => AnyDataset::Vqa(VqaDataset::new(
+                qs,
+                tf,
+                prep(exp),
+                ScoreConvention::CountOverLen,
+                vocab,
+            )),
+        }
+    })
+}
+
+/// The answer vocabulary of a VQA experiment, in the order of the classifier's outputs: the
+/// `data.answer_list` file (VQA) or easy-VQA's `answers.txt`.
+pub fn answer_vocab(exp: &ExperimentConfig) -> Result<AnswerVocab> {
+    match exp.data.task {
+        Task::EasyVqa => Ok(AnswerVocab::from_answers(
+            easy_vqa(exp)?.answers.answers().to_vec(),
+        )),
+        Task::Vqa => {
+            let list = exp.data.answer_list.as_ref().ok_or_else(|| {
+                cfg_err(&exp.source, "field `data.answer_list`: required for VQA")
+            })?;
+            Ok(AnswerVocab::from_answers(vqa_data::read_answer_list(
+                &exp.data_path(list),
+            )?))
+        }
+        t => Err(cfg_err(
+            &exp.source,
+            format!("data.task `{}` has no answer vocabulary", t.name()),
+        )),
+    }
+}
+
 /// Whether `variant` can be trained / evaluated on `task`.
 pub fn check_task(variant: &str, task: Task) -> Result<()> {
     let ok = matches!(
         (variant, task),
         ("pretrain", Task::Pretrain | Task::Retrieval)
             | ("retrieval", Task::Retrieval | Task::Pretrain)
-            | ("vqa", Task::Vqa | Task::EasyVqa)
+            | ("vqa" | "vqa_cls", Task::Vqa | Task::EasyVqa)
             | ("nlvr2", Task::Nlvr2)
             | ("ve", Task::Ve)
     );
@@ -663,6 +796,22 @@ pub struct AlbefTrainable {
     pub model: AlbefModel,
     /// `alpha` of the config.
     pub alpha: f64,
+}
+
+/// `[Q, n]` soft targets of `(label, score)` lists; a label outside `0..n` is an error.
+pub fn dense_targets(targets: &[Vec<(usize, f32)>], n: i64) -> Result<Tensor> {
+    let mut v = vec![0f32; targets.len() * n as usize];
+    for (q, t) in targets.iter().enumerate() {
+        for &(label, score) in t {
+            if label as i64 >= n {
+                return Err(VlpError::Msg(format!(
+                    "vqa_cls: answer label {label} outside the {n}-answer head"
+                )));
+            }
+            v[q * n as usize + label] = score;
+        }
+    }
+    Ok(Tensor::from_slice(&v).view([targets.len() as i64, n]))
 }
 
 fn want(ctx: &StepContext<'_>, name: &str) -> bool {
@@ -758,11 +907,18 @@ impl Trainable for AlbefTrainable {
                     answer_mask,
                     counts,
                     weights,
+                    image_index,
+                    ..
                 },
             ) => {
                 let t = |x: &Tensor| x.to_device(dev);
+                // Grouped batches: one image row per question for the official forward.
+                let image = match image_index {
+                    Some(ix) => image.index_select(0, ix),
+                    None => image.shallow_clone(),
+                };
                 let (image, qi, qm, ai, am, k, w) = (
-                    t(image),
+                    t(&image),
                     t(question_ids),
                     t(question_mask),
                     t(answer_ids),
@@ -783,6 +939,29 @@ impl Trainable for AlbefTrainable {
                     alpha,
                 )?;
                 lt.push("vqa", out.loss);
+            }
+            (
+                AlbefModel::VqaCls(m),
+                AlbefBatch::Vqa {
+                    image,
+                    question_ids,
+                    question_mask,
+                    image_index,
+                    targets,
+                    ..
+                },
+            ) => {
+                let (image, qi, qm) = (
+                    image.to_device(dev),
+                    question_ids.to_device(dev),
+                    question_mask.to_device(dev),
+                );
+                let logits = match image_index {
+                    Some(ix) => m.forward_grouped(&image, ix, &qi, &qm)?,
+                    None => m.forward(&image, &qi, &qm)?,
+                };
+                let dense = dense_targets(targets, m.num_answers)?.to_device(dev);
+                lt.push("vqa", m.train_loss(&logits, &dense)?);
             }
             (
                 AlbefModel::Nlvr2(m),
@@ -988,6 +1167,48 @@ fn load_images(tf: &ImageTransform, paths: &[&Path], dev: Device) -> Result<Tens
     Ok(stack_images(imgs)?.to_device(dev))
 }
 
+/// The answer index the classifier head gives each question (argmax of its logits), in the
+/// order of `questions`. Questions are sorted by image so that each image of a chunk is
+/// encoded once for all of its questions. Call without gradients (as [`evaluate`] does).
+pub fn classify_questions(
+    m: &AlbefVqaClassifier,
+    questions: &[VqaQuestion],
+    setup: &EvalSetup,
+) -> Result<Vec<usize>> {
+    let dev = m.var_store().device();
+    let mut order: Vec<usize> = (0..questions.len()).collect();
+    order.sort_by(|&a, &b| questions[a].image.cmp(&questions[b].image));
+    let mut out = vec![0usize; questions.len()];
+    for chunk in order.chunks(setup.batch_size.max(1) * 4) {
+        let mut uniq: Vec<&Path> = Vec::new();
+        let mut which = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let p = questions[i].image.as_path();
+            if uniq.last() != Some(&p) {
+                uniq.push(p);
+            }
+            which.push(uniq.len() as i64 - 1);
+        }
+        let img = load_images(&setup.transform, &uniq, dev)?;
+        let qs: Vec<&str> = chunk
+            .iter()
+            .map(|&i| questions[i].question.as_str())
+            .collect();
+        let (qi, qm) = setup.enc.encode(&qs)?;
+        let logits = m.forward_grouped(
+            &img,
+            &Tensor::from_slice(&which).to_device(dev),
+            &qi.to_device(dev),
+            &qm.to_device(dev),
+        )?;
+        let best = Vec::<i64>::try_from(logits.argmax(1, false).to_device(Device::Cpu))?;
+        for (&i, b) in chunk.iter().zip(best) {
+            out[i] = b as usize;
+        }
+    }
+    Ok(out)
+}
+
 /// The unimodal encoders and ITM head of a pretraining or retrieval model, for the retrieval
 /// evaluator (ALBEF's `evaluation`: ITC top-k, ITM rerank, final score = ITM logit).
 struct AlbefRetrievalView<'a> {
@@ -1191,6 +1412,38 @@ fn evaluate_inner(
                         vqa_accuracy(pred, &gts)
                     };
                 }
+            }
+            m.insert(
+                "vqa_acc".into(),
+                100.0 * total / questions.len().max(1) as f64,
+            );
+        }
+        (
+            EvalData::Vqa {
+                questions,
+                answers,
+                exact,
+            },
+            AlbefModel::VqaCls(vqa),
+        ) => {
+            if vqa.num_answers != answers.len() as i64 {
+                return Err(VlpError::Msg(format!(
+                    "albef vqa_cls: the head has {} answers, the answer list {}",
+                    vqa.num_answers,
+                    answers.len()
+                )));
+            }
+            let preds = classify_questions(vqa, questions, setup)?;
+            let mut total = 0.0;
+            for (q, p) in questions.iter().zip(preds) {
+                let pred = &answers[p];
+                total += if *exact {
+                    f64::from(u8::from(q.answers.first() == Some(pred)))
+                } else {
+                    let gts: Vec<GtAnswer> =
+                        q.answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
+                    vqa_accuracy(pred, &gts)
+                };
             }
             m.insert(
                 "vqa_acc".into(),

@@ -35,6 +35,8 @@ impl BatchClone for AlbefBatch {
                 answer_mask,
                 counts,
                 weights,
+                image_index,
+                targets,
             } => AlbefBatch::Vqa {
                 image: c(image),
                 question_ids: c(question_ids),
@@ -43,6 +45,8 @@ impl BatchClone for AlbefBatch {
                 answer_mask: c(answer_mask),
                 counts: c(counts),
                 weights: c(weights),
+                image_index: image_index.as_ref().map(c),
+                targets: targets.clone(),
             },
             AlbefBatch::Classify {
                 image,
@@ -142,6 +146,8 @@ pub fn synthetic_batch(variant: &str, b: i64, res: i64, len: i64) -> Result<Albe
                 answer_mask: ones(b, 4),
                 counts: Tensor::ones([b], (Kind::Int64, Device::Cpu)),
                 weights: Tensor::ones([b], (Kind::Float, Device::Cpu)),
+                image_index: None,
+                targets: (0..b).map(|i| vec![(i as usize % 3, 1.0)]).collect(),
             }
         }
         "nlvr2" | "ve" => {
@@ -173,7 +179,7 @@ fn bench_albef(
 ) -> Result<TrainOutcome> {
     let cfg = albef_config(exp)?;
     tch::manual_seed(exp.train.seed as i64);
-    let model = AlbefModel::build(&exp.model.variant, &cfg, opts.device)?;
+    let model = AlbefModel::build_for(exp, &cfg, opts.device)?;
     let batch = synthetic_batch(
         &exp.model.variant,
         opts.batch as i64,

@@ -440,6 +440,8 @@ pub fn collate(text: &BlipText, samples: Vec<AnySample>) -> Result<BlipBatch> {
                 answer_mask,
                 counts: Tensor::from_slice(&counts),
                 weights: Tensor::from_slice(&weights),
+                image_index: None,
+                targets: Vec::new(),
             })
         }
         AnySample::Nlvr2(_) => {
@@ -469,6 +471,9 @@ pub fn collate(text: &BlipText, samples: Vec<AnySample>) -> Result<BlipBatch> {
         }
         AnySample::Ve(_) => Err(VlpError::Unsupported {
             what: "SNLI-VE with BLIP (BLIP has no SNLI-VE head)".into(),
+        }),
+        AnySample::VqaGroup(_) => Err(VlpError::Unsupported {
+            what: "BLIP VQA with data.questions_per_image (grouped samples)".into(),
         }),
     }
 }

@@ -205,6 +205,11 @@ pub struct DataSection {
     /// Skip (and count) bad records and unreadable images instead of stopping.
     #[serde(default)]
     pub skip_bad_samples: bool,
+    /// VQA: group the training questions by image, up to this many per image in one sample,
+    /// so that each image is encoded once for all of them (`train.batch_size` then counts
+    /// images). Default: one question per sample, as the official code.
+    #[serde(default)]
+    pub questions_per_image: Option<usize>,
 }
 
 fn val() -> String {

@@ -88,7 +88,7 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
     let src = &exp.source;
     let name = exp.model.name.as_str();
     let variants: &[&str] = match name {
-        "albef" => vlp_models::albef::VARIANTS,
+        "albef" => super::albef::PIPELINE_VARIANTS,
         "blip" => blip::VARIANTS,
         other => {
             let known: Vec<&str> = vlp_models::registry::models()
@@ -364,7 +364,7 @@ fn train_albef(
     let cfg = albef_config(exp)?;
     // The initial weights and queues draw from torch's generator: seed it for reproducible runs.
     tch::manual_seed(exp.train.seed as i64);
-    let mut model = AlbefModel::build(&exp.model.variant, &cfg, device)?;
+    let mut model = AlbefModel::build_for(exp, &cfg, device)?;
     if !resuming {
         if let Some(init) = &exp.model.init {
             let rep = load_init(&mut model, init, exp.model.init_mode)?;
@@ -452,7 +452,7 @@ fn run_eval(opts: &RunOptions) -> Result<RunSummary> {
             // The initial weights and queues draw from torch's generator: seed it for
             // reproducible runs.
             tch::manual_seed(exp.train.seed as i64);
-            EvalModel::Albef(AlbefModel::build(&exp.model.variant, &cfg, opts.device)?)
+            EvalModel::Albef(AlbefModel::build_for(&exp, &cfg, opts.device)?)
         }
     };
     let ckpt: Option<PathBuf> = match (&opts.resume, &exp.model.init) {

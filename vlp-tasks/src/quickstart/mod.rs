@@ -47,10 +47,24 @@ pub struct QuickstartArgs {
     /// easy-VQA data directory (default: the data of the `easy_vqa` package in `.venv`).
     #[arg(long)]
     pub easy_vqa: Option<PathBuf>,
+    /// Override a field of the plan, `key.path=value` (repeatable): `pretrain.steps=600`,
+    /// `easy_vqa.lr=1e-3`, `vqa.batch_size=16`, `eval_samples=1000` (see `Plan`; the resolved
+    /// plan is written to `<out>/plan.json`).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Only these fine-tuning tasks (comma-separated: retrieval, vqa, nlvr2, ve, easy_vqa;
+    /// default all).
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Start from this pre-training run directory (e.g. an earlier quickstart's `pretrain/`)
+    /// instead of pre-training.
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
 }
 
 /// Budget of one training stage.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Optimizer steps.
     pub steps: u64,
@@ -60,8 +74,36 @@ pub struct Stage {
     pub lr: f64,
 }
 
+/// The fine-tuning tasks a run selects (`--tasks`; empty: all).
+pub fn parse_tasks(names: &[String]) -> Result<Vec<TaskKind>> {
+    let all = [
+        TaskKind::Retrieval,
+        TaskKind::Vqa,
+        TaskKind::Nlvr2,
+        TaskKind::Ve,
+        TaskKind::EasyVqa,
+    ];
+    if names.is_empty() {
+        return Ok(all.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .copied()
+                .find(|k| k.key() == n.trim())
+                .ok_or_else(|| {
+                    VlpError::Msg(format!(
+                        "--tasks: unknown task `{n}` (known: retrieval, vqa, nlvr2, ve, easy_vqa)"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// Everything the quickstart does, sized: data, model preset, steps and evaluation sizes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Plan {
     /// `default`, `quick` or `test`.
     pub profile: String,
@@ -81,6 +123,9 @@ pub struct Plan {
     pub ve: Stage,
     /// easy-VQA fine-tuning (`None`: skipped).
     pub easy_vqa: Option<Stage>,
+    /// Also fine-tune easy-VQA from scratch with the same budget (for the comparison).
+    #[serde(default)]
+    pub easy_vqa_scratch: bool,
     /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
     pub eval_samples: usize,
     /// Images of the retrieval gallery (5 captions each).
@@ -117,6 +162,7 @@ impl Plan {
             nlvr2: s(50, 5e-4),
             ve: s(80, 5e-4),
             easy_vqa: Some(s(300, 5e-4)),
+            easy_vqa_scratch: false,
             eval_samples: 500,
             retrieval_images: 100,
             easy_vqa_eval: Some(2000),
@@ -182,6 +228,7 @@ impl Plan {
             nlvr2: s(6, 1e-3),
             ve: s(60, 1e-3),
             easy_vqa: Some(s(30, 1e-3)),
+            easy_vqa_scratch: false,
             eval_samples: 60,
             retrieval_images: 30,
             easy_vqa_eval: Some(150),
@@ -189,6 +236,23 @@ impl Plan {
             workers: 1,
             seed,
         }
+    }
+}
+
+impl Plan {
+    /// The plan with `--set key.path=value` overrides applied (unknown keys and wrong types are
+    /// errors naming the key).
+    pub fn with_overrides(&self, sets: &[String]) -> Result<Plan> {
+        if sets.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut v = serde_json::to_value(self).map_err(|e| VlpError::Msg(e.to_string()))?;
+        let refs: Vec<&str> = sets.iter().map(String::as_str).collect();
+        vlp_core::config::apply_overrides(&mut v, &refs)?;
+        serde_json::from_value(v).map_err(|e| VlpError::Config {
+            path: PathBuf::from("--set"),
+            msg: format!("quickstart plan: {e}"),
+        })
     }
 }
 
@@ -224,7 +288,9 @@ pub fn run(args: &QuickstartArgs, device: Device) -> Result<Summary> {
         Plan::quick(args.seed)
     } else {
         Plan::default_run(args.seed)
-    };
+    }
+    .with_overrides(&args.set)?;
+    let tasks = parse_tasks(&args.tasks)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "quickstart-{}",
@@ -235,7 +301,18 @@ pub fn run(args: &QuickstartArgs, device: Device) -> Result<Summary> {
         .shapes
         .clone()
         .unwrap_or_else(|| default_shapes_dir(&plan));
-    let summary = run_plan(&plan, &out, &shapes, args.easy_vqa.as_deref(), device)?;
+    let opts = RunOptions {
+        tasks,
+        pretrained: args.pretrained.clone(),
+    };
+    let summary = run_plan_with(
+        &plan,
+        &out,
+        &shapes,
+        args.easy_vqa.as_deref(),
+        device,
+        &opts,
+    )?;
     println!("\n{}", report::table(&summary));
     println!(
         "pre-trained >= from scratch on {} of 4 Shapes tasks; elapsed {:.0} s ({:.1} min); \
@@ -258,6 +335,15 @@ fn log(step: &mut usize, total: usize, start: &Instant, msg: &str) {
     );
 }
 
+/// What to run of a plan besides its sizes.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The fine-tuning tasks (empty: all).
+    pub tasks: Vec<TaskKind>,
+    /// An existing pre-training run directory to start from instead of pre-training.
+    pub pretrained: Option<PathBuf>,
+}
+
 /// Runs a plan: Shapes in `shapes_dir` (generated when absent), easy-VQA from `easy_vqa_dir`
 /// (default: the package's data), everything written under `out`.
 pub fn run_plan(
@@ -267,7 +353,31 @@ pub fn run_plan(
     easy_vqa_dir: Option<&Path>,
     device: Device,
 ) -> Result<Summary> {
+    run_plan_with(
+        plan,
+        out,
+        shapes_dir,
+        easy_vqa_dir,
+        device,
+        &RunOptions::default(),
+    )
+}
+
+/// [`run_plan`] with a task selection and an optional existing pre-training run.
+pub fn run_plan_with(
+    plan: &Plan,
+    out: &Path,
+    shapes_dir: &Path,
+    easy_vqa_dir: Option<&Path>,
+    device: Device,
+    opts: &RunOptions,
+) -> Result<Summary> {
     let start = Instant::now();
+    let selected = if opts.tasks.is_empty() {
+        parse_tasks(&[])?
+    } else {
+        opts.tasks.clone()
+    };
     if out.join("summary.json").exists() || out.join("pretrain").exists() {
         return Err(VlpError::Msg(format!(
             "{} already holds a quickstart run: choose another --out",
@@ -275,7 +385,16 @@ pub fn run_plan(
         )));
     }
     std::fs::create_dir_all(out).map_err(|e| VlpError::io(out, e))?;
-    let total = 3 + 8 + usize::from(plan.easy_vqa.is_some());
+    crate::train::checkpoint::write_atomic(
+        &out.join("plan.json"),
+        serde_json::to_string_pretty(plan)
+            .map_err(|e| VlpError::Msg(e.to_string()))?
+            .as_bytes(),
+    )?;
+    let shapes_tasks = selected.iter().filter(|k| **k != TaskKind::EasyVqa).count();
+    let run_easy = plan.easy_vqa.is_some() && selected.contains(&TaskKind::EasyVqa);
+    let total =
+        3 + 2 * shapes_tasks + usize::from(run_easy) * (1 + usize::from(plan.easy_vqa_scratch));
     let mut step = 0;
     log(
         &mut step,
@@ -310,21 +429,41 @@ pub fn run_plan(
         ),
     );
     let t0 = Instant::now();
-    let pre = ctx.pretrain()?;
-    let pretrain = PretrainSummary {
-        steps: pre.steps,
-        samples: pre.samples,
-        first_terms: pre.first_terms.clone(),
-        last_terms: pre.last_terms.clone(),
-        seconds: t0.elapsed().as_secs_f64(),
-        run_dir: "pretrain".into(),
+    let (pretrain, init) = match &opts.pretrained {
+        Some(dir) => {
+            println!("        skipped: starting from {}", dir.display());
+            (
+                PretrainSummary {
+                    steps: 0,
+                    samples: 0,
+                    first_terms: BTreeMap::new(),
+                    last_terms: BTreeMap::new(),
+                    seconds: 0.0,
+                    run_dir: dir.display().to_string(),
+                },
+                dir.clone(),
+            )
+        }
+        None => {
+            let pre = ctx.pretrain()?;
+            println!(
+                "        losses {} -> {}",
+                fmt_terms(&pre.first_terms),
+                fmt_terms(&pre.last_terms)
+            );
+            (
+                PretrainSummary {
+                    steps: pre.steps,
+                    samples: pre.samples,
+                    first_terms: pre.first_terms.clone(),
+                    last_terms: pre.last_terms.clone(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                    run_dir: "pretrain".into(),
+                },
+                out.join("pretrain"),
+            )
+        }
     };
-    println!(
-        "        losses {} -> {}",
-        fmt_terms(&pre.first_terms),
-        fmt_terms(&pre.last_terms)
-    );
-    let init = out.join("pretrain");
 
     let mut tasks = BTreeMap::new();
     let mut wins = 0;
@@ -333,7 +472,10 @@ pub fn run_plan(
         TaskKind::Vqa,
         TaskKind::Nlvr2,
         TaskKind::Ve,
-    ] {
+    ]
+    .into_iter()
+    .filter(|k| selected.contains(k))
+    {
         let t0 = Instant::now();
         let mut runs: [Option<RunResult>; 2] = [None, None];
         for (i, from) in [None, Some(init.as_path())].into_iter().enumerate() {
@@ -375,8 +517,25 @@ pub fn run_plan(
             },
         );
     }
-    if let (Some(_), Some(_)) = (&plan.easy_vqa, &easy_dir) {
+    if let (true, Some(_)) = (run_easy, &easy_dir) {
         let t0 = Instant::now();
+        let show = |r: &RunResult| {
+            println!(
+                "        accuracy = {:.2} (yes/no {:.1}, color {:.1}, shape {:.1})",
+                r.value,
+                r.metrics.get("acc_yes/no").copied().unwrap_or(f64::NAN),
+                r.metrics.get("acc_color").copied().unwrap_or(f64::NAN),
+                r.metrics.get("acc_shape").copied().unwrap_or(f64::NAN)
+            );
+        };
+        let scratch = if plan.easy_vqa_scratch {
+            log(&mut step, total, &start, "easy-VQA from scratch");
+            let r = ctx.finetune(TaskKind::EasyVqa, None)?;
+            show(&r);
+            Some(r)
+        } else {
+            None
+        };
         log(
             &mut step,
             total,
@@ -384,22 +543,16 @@ pub fn run_plan(
             "easy-VQA from the pre-trained weights",
         );
         let r = ctx.finetune(TaskKind::EasyVqa, Some(init.as_path()))?;
-        println!(
-            "        accuracy = {:.2} (yes/no {:.1}, color {:.1}, shape {:.1})",
-            r.value,
-            r.metrics.get("acc_yes/no").copied().unwrap_or(f64::NAN),
-            r.metrics.get("acc_color").copied().unwrap_or(f64::NAN),
-            r.metrics.get("acc_shape").copied().unwrap_or(f64::NAN)
-        );
+        show(&r);
         tasks.insert(
             "easy_vqa".into(),
             TaskSummary {
                 task: TaskKind::EasyVqa.title().into(),
                 metric: TaskKind::EasyVqa.metric().into(),
                 chance: r.chance,
-                from_scratch: None,
+                from_scratch: scratch.as_ref().map(|s| s.value),
                 pretrained: Some(r.value),
-                from_scratch_details: BTreeMap::new(),
+                from_scratch_details: scratch.map(|s| s.metrics).unwrap_or_default(),
                 pretrained_details: r.metrics,
                 steps: r.steps,
                 seconds: t0.elapsed().as_secs_f64(),
@@ -428,4 +581,44 @@ fn fmt_terms(t: &BTreeMap<String, f64>) -> String {
         .map(|(k, v)| format!("{k} {v:.3}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_overrides_set_fields_and_name_bad_keys() {
+        let base = Plan::default_run(0);
+        let p = base
+            .with_overrides(&[
+                "pretrain.steps=7".into(),
+                "easy_vqa.lr=0.002".into(),
+                "easy_vqa_scratch=true".into(),
+            ])
+            .unwrap();
+        assert_eq!(p.pretrain.steps, 7);
+        assert_eq!(p.easy_vqa.unwrap().lr, 0.002);
+        assert!(p.easy_vqa_scratch);
+        assert_eq!(p.vqa, base.vqa);
+        let e = base
+            .with_overrides(&["pretrain.stepz=7".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("stepz"), "{e}");
+        let e = base
+            .with_overrides(&["pretrain.steps=many".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("--set"), "{e}");
+    }
+
+    #[test]
+    fn tasks_parse_by_key() {
+        assert_eq!(parse_tasks(&[]).unwrap().len(), 5);
+        assert_eq!(
+            parse_tasks(&["easy_vqa".into(), "vqa".into()]).unwrap(),
+            vec![TaskKind::EasyVqa, TaskKind::Vqa]
+        );
+        let e = parse_tasks(&["vqa2".into()]).unwrap_err();
+        assert!(e.to_string().contains("vqa2"), "{e}");
+    }
 }

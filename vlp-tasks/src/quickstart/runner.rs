@@ -4,9 +4,12 @@
 //! What is specific to the quickstart: the experiment configs are built in code from a
 //! [`Plan`]; Shapes is read **without augmentation** (random crops and flips would change the
 //! answers to counting, position and left/right questions and the captions' positions; easy-VQA
-//! gets horizontal flips only); the easy-VQA evaluation encodes each test image once for all of
-//! its questions and reports the accuracy per answer type; chance levels are computed from the
-//! evaluation data.
+//! gets horizontal flips only); VQA (Shapes and easy-VQA) is fine-tuned with the classifier head
+//! over the answer list (`vqa_cls`, [`vlp_models::albef::AlbefVqaClassifier`]) on samples that
+//! group up to [`QUESTIONS_PER_IMAGE`] questions of one image (each image encoded once): ALBEF's
+//! generative answer decoder needs thousands of steps that a CPU budget does not have; the
+//! easy-VQA evaluation encodes each test image once for all of its questions and reports the
+//! accuracy per answer type; chance levels are computed from the evaluation data.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,17 +24,17 @@ use vlp_core::{Result, VlpError};
 use vlp_models::albef::{AlbefConfig, AlbefVqa};
 
 use super::{Plan, Stage};
-use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, Split as EasySplit};
 use crate::data::karpathy::{self, CaptionDataset};
 use crate::data::loader::{stack_images, DataLoader, LoaderConfig};
 use crate::data::nlvr2::{self, Nlvr2Dataset};
 use crate::data::snli_ve::{self, VeDataset};
-use crate::data::vqa::{self as vqa_data, VqaDataset};
+use crate::data::vqa::VqaQuestion;
 use crate::data::{ReadOptions, TextPrep};
-use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
+use crate::metrics::vqa::{vqa_accuracy, GtAnswer};
 use crate::pipeline::albef::{
-    albef_config, collate, eval_data, evaluate, load_init, AlbefBatch, AlbefModel, AlbefTrainable,
-    AnyDataset, AnySample, EvalData, EvalSetup, TextEncoder,
+    albef_config, classify_questions, collate, eval_data, evaluate, load_init, vqa_train_dataset,
+    AlbefBatch, AlbefModel, AlbefTrainable, AnyDataset, AnySample, EvalData, EvalSetup,
+    TextEncoder,
 };
 use crate::pipeline::config::{
     DataSection, EvalSection, ExperimentConfig, Files, InitMode, ModelSection, Task,
@@ -43,6 +46,9 @@ use crate::train::{LoaderSource, ScheduleConfig, TrainConfig, Trainer};
 pub const MAX_WORDS: usize = 40;
 /// Token truncation length.
 pub const MAX_TEXT_LEN: usize = 48;
+/// VQA fine-tuning samples an image with up to this many of its questions (each image encoded
+/// once for all of them); a VQA stage's `batch_size` counts images.
+pub const QUESTIONS_PER_IMAGE: usize = 8;
 
 /// The fine-tuning tasks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,11 +97,12 @@ impl TaskKind {
         }
     }
 
-    /// The ALBEF variant fine-tuned.
+    /// The ALBEF variant fine-tuned (VQA: the classifier head over the answer list, see the
+    /// module documentation).
     pub fn variant(self) -> &'static str {
         match self {
             TaskKind::Retrieval => "retrieval",
-            TaskKind::Vqa | TaskKind::EasyVqa => "vqa",
+            TaskKind::Vqa | TaskKind::EasyVqa => "vqa_cls",
             TaskKind::Nlvr2 => "nlvr2",
             TaskKind::Ve => "ve",
         }
@@ -308,6 +315,8 @@ impl<'a> Ctx<'a> {
                 tokenizer: Some(self.vocab.clone()),
                 num_workers: plan.workers,
                 skip_bad_samples: false,
+                questions_per_image: matches!(task, Task::Vqa | Task::EasyVqa)
+                    .then_some(QUESTIONS_PER_IMAGE),
             },
             train: t,
             eval: EvalSection {
@@ -352,19 +361,7 @@ impl<'a> Ctx<'a> {
                 tf,
                 prep,
             )),
-            Task::Vqa => {
-                let mut qs = Vec::new();
-                for f in &files {
-                    qs.extend(vqa_data::read_albef(f, &opts, None)?.items);
-                }
-                AnyDataset::Vqa(VqaDataset::new(
-                    qs,
-                    tf,
-                    prep,
-                    ScoreConvention::CountOverLen,
-                    None,
-                ))
-            }
+            Task::Vqa | Task::EasyVqa => vqa_train_dataset(exp, tf)?,
             Task::Nlvr2 => {
                 let mut ex = Vec::new();
                 for f in &files {
@@ -379,19 +376,6 @@ impl<'a> Ctx<'a> {
                 }
                 AnyDataset::Ve(VeDataset::new(ex, tf, prep))
             }
-            Task::EasyVqa => {
-                let root = exp
-                    .data
-                    .root
-                    .clone()
-                    .ok_or_else(|| VlpError::Msg("easy-VQA data not found".into()))?;
-                let ev = EasyVqa::open(root)?;
-                let qs = ev.read(EasySplit::Train, false)?.items;
-                AnyDataset::EasyVqa(
-                    EasyVqaDataset::new(qs, tf),
-                    Arc::new(ev.answers.answers().to_vec()),
-                )
-            }
         })
     }
 
@@ -401,7 +385,7 @@ impl<'a> Ctx<'a> {
         name: &str,
     ) -> Result<(AlbefTrainable, crate::train::TrainOutcome)> {
         let cfg = albef_config(exp)?;
-        let mut model = AlbefModel::build(&exp.model.variant, &cfg, self.device)?;
+        let mut model = AlbefModel::build_for(exp, &cfg, self.device)?;
         if let Some(init) = &exp.model.init {
             let report = load_init(&mut model, init, exp.model.init_mode)?;
             if !report.is_clean() {
@@ -477,9 +461,12 @@ impl<'a> Ctx<'a> {
             num_workers: self.plan.workers,
         };
         let chance = chance_level(&data);
-        let (value, metrics) = match (kind, &trainable.model) {
-            (TaskKind::EasyVqa, AlbefModel::Vqa(m)) => {
-                let metrics = tch::no_grad(|| easy_vqa_eval(m, &data, &setup))?;
+        let (value, metrics) = match (kind, &mut trainable.model) {
+            (TaskKind::EasyVqa, model) => {
+                model.set_train(false);
+                let metrics = tch::no_grad(|| easy_vqa_eval(model, &data, &setup));
+                model.set_train(true);
+                let metrics = metrics?;
                 (metrics["accuracy"], metrics)
             }
             _ => {
@@ -689,11 +676,12 @@ pub fn easy_vqa_answer_type(answer: &str) -> &'static str {
     }
 }
 
-/// easy-VQA test accuracy (exact match of the top-ranked answer), overall and per answer type
-/// (`acc_yes/no`, `acc_color`, `acc_shape`), in percent. Each image is encoded once for all of
-/// its questions in a chunk.
+/// easy-VQA test accuracy (exact match of the predicted answer), overall and per answer type
+/// (`acc_yes/no`, `acc_color`, `acc_shape`), in percent. The classifier head (`vqa_cls`) takes
+/// the argmax of its logits, the generative head (`vqa`) the top-ranked answer of the list;
+/// either way each image is encoded once for all of its questions in a chunk.
 pub fn easy_vqa_eval(
-    m: &AlbefVqa,
+    model: &AlbefModel,
     data: &EvalData,
     setup: &EvalSetup,
 ) -> Result<BTreeMap<String, f64>> {
@@ -703,16 +691,56 @@ pub fn easy_vqa_eval(
     else {
         return Err(VlpError::Msg("easy-VQA evaluation needs VQA data".into()));
     };
+    let preds = match model {
+        AlbefModel::VqaCls(m) => classify_questions(m, questions, setup)?,
+        AlbefModel::Vqa(m) => rank_questions(m, questions, answers, setup)?,
+        other => {
+            return Err(VlpError::Msg(format!(
+                "easy-VQA evaluation needs a VQA model, not albef {}",
+                other.variant()
+            )))
+        }
+    };
+    let mut correct: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (q, b) in questions.iter().zip(preds) {
+        let gt = q.answers.first().map(String::as_str).unwrap_or("");
+        let ok = answers.get(b).map(String::as_str) == Some(gt);
+        for key in ["all", easy_vqa_answer_type(gt)] {
+            let e = correct.entry(key).or_default();
+            e.0 += usize::from(ok);
+            e.1 += 1;
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (k, (c, n)) in correct {
+        let name = if k == "all" {
+            "accuracy".to_string()
+        } else {
+            format!("acc_{k}")
+        };
+        out.insert(name, 100.0 * c as f64 / n.max(1) as f64);
+    }
+    out.entry("accuracy".into()).or_insert(0.0);
+    Ok(out)
+}
+
+/// The index (in `answers`) of the top-ranked answer of every question (ALBEF's `rank_answer`
+/// over the whole list), each image encoded once per chunk.
+fn rank_questions(
+    m: &AlbefVqa,
+    questions: &[VqaQuestion],
+    answers: &[String],
+    setup: &EvalSetup,
+) -> Result<Vec<usize>> {
     let dev = m.visual_encoder_device();
     let refs: Vec<&str> = answers.iter().map(String::as_str).collect();
     let (aid, amask) = setup.enc.encode_answers(&refs)?;
     let (aid, amask) = (aid.to_device(dev), amask.to_device(dev));
     let k = answers.len() as i64;
-    let mut correct: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
     let mut rng = StdRng::seed_from_u64(0);
-    // Group by image so that each image is encoded once.
     let mut order: Vec<usize> = (0..questions.len()).collect();
     order.sort_by(|&a, &b| questions[a].image.cmp(&questions[b].image));
+    let mut out = vec![0usize; questions.len()];
     for chunk in order.chunks(setup.batch_size.max(1) * 4) {
         let mut uniq: Vec<&Path> = Vec::new();
         let mut which = Vec::with_capacity(chunk.len());
@@ -745,29 +773,9 @@ pub fn easy_vqa_eval(
         let best =
             Vec::<i64>::try_from(ids.select(1, 0).to_kind(Kind::Int64).to_device(Device::Cpu))?;
         for (&i, b) in chunk.iter().zip(best) {
-            let gt = questions[i]
-                .answers
-                .first()
-                .map(String::as_str)
-                .unwrap_or("");
-            let ok = answers.get(b as usize).map(String::as_str) == Some(gt);
-            for key in ["all", easy_vqa_answer_type(gt)] {
-                let e = correct.entry(key).or_default();
-                e.0 += usize::from(ok);
-                e.1 += 1;
-            }
+            out[i] = b as usize;
         }
     }
-    let mut out = BTreeMap::new();
-    for (k, (c, n)) in correct {
-        let name = if k == "all" {
-            "accuracy".to_string()
-        } else {
-            format!("acc_{k}")
-        };
-        out.insert(name, 100.0 * c as f64 / n.max(1) as f64);
-    }
-    out.entry("accuracy".into()).or_insert(0.0);
     Ok(out)
 }
 
