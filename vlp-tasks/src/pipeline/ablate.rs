@@ -99,14 +99,16 @@ pub fn ablate(opts: &AblateOptions) -> Result<Vec<AblationRow>> {
     let sets: Vec<&str> = opts.sets.iter().map(String::as_str).collect();
     let base = ExperimentConfig::load(&opts.config, &sets)?;
     let mut rows = Vec::new();
+    let (model, known): (&str, &[&str]) = match base.model.name.as_str() {
+        "blip" => ("BLIP", &["itc", "itm", "lm"]),
+        _ => ("ALBEF", &["itc", "itm", "mlm"]),
+    };
     for mix in &opts.mixes {
         let objs: Vec<String> = mix.split('+').map(|s| s.trim().to_string()).collect();
-        if objs
-            .iter()
-            .any(|o| !["itc", "itm", "mlm"].contains(&o.as_str()))
-        {
+        if objs.iter().any(|o| !known.contains(&o.as_str())) {
             return Err(VlpError::Msg(format!(
-                "--mixes: `{mix}`: ALBEF's objectives are itc, itm, mlm"
+                "--mixes: `{mix}`: {model}'s objectives are {}",
+                known.join(", ")
             )));
         }
         let name = objs.join("_");
