@@ -5,7 +5,7 @@
 //!   (percent, 2 decimals, as `vqaEval.accuracy`).
 //! - `vlp score caption --references REF --results R`: a COCO captions annotation file
 //!   (`{"annotations": [{"image_id", "caption"}], …}`) and a COCO result list
-//!   `[{"image_id", "caption"}]`; prints `Bleu_1` … `Bleu_4`, `CIDEr`.
+//!   `[{"image_id", "caption"}]`; prints `Bleu_1` … `Bleu_4`, `ROUGE_L`, `CIDEr`.
 //! - `vlp score retrieval --scores S --gt G`: `S` a JSON matrix images × texts of image-to-text
 //!   scores (text-to-image scores are its transpose), or `{"i2t": [[…]], "t2i": [[…]]}`; `G`
 //!   `{"img2txt": [[text indices] per image], "txt2img": [image index per text]}`; prints
@@ -54,7 +54,7 @@ pub enum ScoreTask {
         #[arg(long)]
         results: PathBuf,
     },
-    /// Captioning BLEU-1..4 and CIDEr (pycocoevalcap).
+    /// Captioning BLEU-1..4, ROUGE-L and CIDEr (pycocoevalcap).
     Caption {
         /// COCO captions annotation file.
         #[arg(long)]
@@ -273,15 +273,16 @@ fn score_caption(references: &Path, results: &Path) -> Result<Scores> {
     }
     let m = caption_metrics(&pairs);
     let json = serde_json::to_value(m).map_err(|e| VlpError::Msg(e.to_string()))?;
-    let mut rows: Vec<(String, String)> = ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr"]
-        .iter()
-        .map(|k| {
-            (
-                k.to_string(),
-                format!("{:.4}", json[k].as_f64().unwrap_or(f64::NAN)),
-            )
-        })
-        .collect();
+    let mut rows: Vec<(String, String)> =
+        ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    format!("{:.4}", json[k].as_f64().unwrap_or(f64::NAN)),
+                )
+            })
+            .collect();
     rows.push(("images".into(), pairs.len().to_string()));
     Ok(Scores {
         json,

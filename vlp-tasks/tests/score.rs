@@ -122,7 +122,30 @@ fn caption() {
         let (got, want) = (j[k].as_f64().unwrap(), exp[k].as_f64().unwrap());
         assert!((got - want).abs() < 1e-12, "{k}: {got} vs {want}");
     }
-    assert_eq!(j.as_object().unwrap().len(), 5);
+    let rouge: Value = serde_json::from_str(
+        &std::fs::read_to_string(data("caption/rouge_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let (got, want) = (
+        j["ROUGE_L"].as_f64().unwrap(),
+        rouge["ROUGE_L"].as_f64().unwrap(),
+    );
+    assert!((got - want).abs() < 1e-12, "ROUGE_L: {got} vs {want}");
+    assert_eq!(j.as_object().unwrap().len(), 6);
+    // The table prints it too, between BLEU and CIDEr as pycocoevalcap orders its metrics.
+    let table = compute(&ScoreTask::Caption {
+        references: data("caption/references.json"),
+        results: data("caption/results.json"),
+    })
+    .unwrap()
+    .table;
+    let (b, r, c) = (
+        table.find("Bleu_4").unwrap(),
+        table.find("ROUGE_L").unwrap(),
+        table.find("CIDEr").unwrap(),
+    );
+    assert!(b < r && r < c, "{table}");
+    assert!(table.contains(&format!("{:.4}", want)), "{table}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A model-agnostic captioning evaluator: one caption per image from a [`CaptionModel`], written
 //! as the COCO result list `[{"image_id", "caption"}]` ([`CaptionReport::write_results`], what
 //! pycocoevalcap and `vlp score caption` read) and, when the images have reference captions,
-//! scored with BLEU-1..4 and CIDEr-D as pycocoevalcap ([`crate::metrics::caption`]).
+//! scored with BLEU-1..4, ROUGE-L and CIDEr-D as pycocoevalcap ([`crate::metrics::caption`]).
 //!
 //! The images come from Karpathy-split entries ([`images_of`]): entries of the same image are
 //! merged (training files hold one caption per record), and the image id is the one BLIP's
@@ -97,7 +97,8 @@ pub struct CaptionResult {
 pub struct CaptionReport {
     /// Images captioned.
     pub images: usize,
-    /// `Bleu_1` … `Bleu_4`, `CIDEr` (pycocoevalcap's names); `None` without references.
+    /// `Bleu_1` … `Bleu_4`, `ROUGE_L`, `CIDEr` (pycocoevalcap's names); `None` without
+    /// references.
     #[serde(flatten)]
     pub metrics: Option<CaptionMetrics>,
     /// One caption per image, in image order.

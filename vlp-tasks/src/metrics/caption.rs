@@ -1,7 +1,8 @@
 //! Captioning metrics as the COCO caption evaluation (`pycocoevalcap`) computes them: PTB
-//! tokenisation, BLEU-1..4 (corpus level, "closest" reference length) and CIDEr (pycocoevalcap's
-//! `Cider`, i.e. CIDEr-D: tf-idf n-gram vectors with clipping and a Gaussian length penalty,
-//! σ = 6, × 10).
+//! tokenisation, BLEU-1..4 (corpus level, "closest" reference length), ROUGE-L (pycocoevalcap's
+//! `Rouge`: LCS F-measure, β = 1.2, mean over images) and CIDEr (pycocoevalcap's `Cider`, i.e.
+//! CIDEr-D: tf-idf n-gram vectors with clipping and a Gaussian length penalty, σ = 6, × 10).
+//! METEOR and SPICE (Java tools in pycocoevalcap) are not implemented.
 //!
 //! Tokenisation: pycocoevalcap runs Stanford CoreNLP 3.4.1's `PTBTokenizer -preserveLines
 //! -lowerCase` (Java) and drops the tokens `'' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ;`.
@@ -384,7 +385,90 @@ pub fn cider(pairs: &[(String, Vec<String>)]) -> (f64, Vec<f64>) {
     (scores.iter().sum::<f64>() / scores.len() as f64, scores)
 }
 
-/// BLEU-1..4 and CIDEr of raw captions (tokenised here with [`ptb_tokenize`]).
+/// Length of the longest common subsequence of two token sequences (pycocoevalcap's `my_lcs`).
+fn lcs_len(a: &[&str], b: &[&str]) -> usize {
+    let (long, short) = if a.len() < b.len() { (b, a) } else { (a, b) };
+    // One row of the (|long| + 1) × (|short| + 1) table, indexed by the position in `short`.
+    let mut row = vec![0usize; short.len() + 1];
+    for x in long {
+        let mut diag = 0; // table[i - 1][j - 1]
+        for (j, y) in short.iter().enumerate() {
+            let up = row[j + 1]; // table[i - 1][j]
+            row[j + 1] = if x == y { diag + 1 } else { up.max(row[j]) };
+            diag = up;
+        }
+    }
+    row[short.len()]
+}
+
+/// ROUGE-L of one tokenised candidate against its tokenised references, as pycocoevalcap's
+/// `Rouge.calc_score`: tokens are the pieces between single spaces (`str.split(" ")`, so an
+/// empty caption is one empty token); for each reference, precision `lcs / |candidate|` and recall
+/// `lcs / |reference|`; the maxima of each over the references combine as
+/// `(1 + β²) P R / (R + β² P)` with β = 1.2, or 0 when either maximum is 0 (also with no
+/// references, where pycocoevalcap asserts).
+///
+/// ```
+/// use vlp_tasks::metrics::caption::rouge_l_image;
+/// // LCS "a man riding a": P = 4/5, R = 4/6.
+/// let s = rouge_l_image("a man riding a horse", &["a man is riding a bike".into()]);
+/// let (p, r, b2) = (0.8, 4.0 / 6.0, 1.44);
+/// assert!((s - (1.0 + b2) * p * r / (r + b2 * p)).abs() < 1e-12);
+/// ```
+pub fn rouge_l_image(candidate: &str, refs: &[String]) -> f64 {
+    const BETA: f64 = 1.2;
+    let c: Vec<&str> = candidate.split(' ').collect();
+    let (mut prec_max, mut rec_max) = (0.0f64, 0.0f64);
+    for r in refs {
+        let r: Vec<&str> = r.split(' ').collect();
+        let lcs = lcs_len(&r, &c) as f64;
+        prec_max = prec_max.max(lcs / c.len() as f64);
+        rec_max = rec_max.max(lcs / r.len() as f64);
+    }
+    if prec_max != 0.0 && rec_max != 0.0 {
+        let b2 = BETA * BETA;
+        (1.0 + b2) * prec_max * rec_max / (rec_max + b2 * prec_max)
+    } else {
+        0.0
+    }
+}
+
+/// numpy's pairwise summation of a float64 array (`add.reduce`, hence `np.mean`): plain below 8
+/// values, eight running sums up to 128, halves (the first a multiple of 8) above.
+fn numpy_sum(xs: &[f64]) -> f64 {
+    let n = xs.len();
+    if n < 8 {
+        xs.iter().fold(0.0, |acc, x| acc + x)
+    } else if n <= 128 {
+        let mut r = [0.0; 8];
+        r.copy_from_slice(&xs[..8]);
+        let whole = n - n % 8;
+        for chunk in xs[8..whole].chunks_exact(8) {
+            for (r, x) in r.iter_mut().zip(chunk) {
+                *r += x;
+            }
+        }
+        let res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        xs[whole..].iter().fold(res, |acc, x| acc + x)
+    } else {
+        let half = n / 2 - (n / 2) % 8;
+        numpy_sum(&xs[..half]) + numpy_sum(&xs[half..])
+    }
+}
+
+/// Corpus ROUGE-L (pycocoevalcap's `Rouge`) over tokenised captions, and the per-image scores
+/// ([`rouge_l_image`]); the corpus score is their mean as `np.mean` computes it (numpy's
+/// pairwise summation, so the same scores in the same order give the same bits), 0 for no images.
+/// `COCOEvalCap` orders the images as the reference file lists them, which can move the last bit.
+pub fn rouge_l(pairs: &[(String, Vec<String>)]) -> (f64, Vec<f64>) {
+    let scores: Vec<f64> = pairs.iter().map(|(h, rs)| rouge_l_image(h, rs)).collect();
+    if scores.is_empty() {
+        return (0.0, scores);
+    }
+    (numpy_sum(&scores) / scores.len() as f64, scores)
+}
+
+/// BLEU-1..4, ROUGE-L and CIDEr of raw captions (tokenised here with [`ptb_tokenize`]).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct CaptionMetrics {
     /// BLEU-1.
@@ -399,6 +483,9 @@ pub struct CaptionMetrics {
     /// BLEU-4.
     #[serde(rename = "Bleu_4")]
     pub bleu_4: f64,
+    /// ROUGE-L (LCS F-measure, β = 1.2).
+    #[serde(rename = "ROUGE_L")]
+    pub rouge_l: f64,
     /// CIDEr (CIDEr-D).
     #[serde(rename = "CIDEr")]
     pub cider: f64,
@@ -416,12 +503,14 @@ pub fn caption_metrics(pairs: &[(String, Vec<String>)]) -> CaptionMetrics {
         })
         .collect();
     let b = bleu(&tok);
+    let (r, _) = rouge_l(&tok);
     let (c, _) = cider(&tok);
     CaptionMetrics {
         bleu_1: b[0],
         bleu_2: b[1],
         bleu_3: b[2],
         bleu_4: b[3],
+        rouge_l: r,
         cider: c,
     }
 }
@@ -448,5 +537,64 @@ mod tests {
             ptb_tokenize("the U.S. flag, and/or Mr. Smith"),
             "the u.s. flag and/or mr. smith"
         );
+    }
+
+    #[test]
+    fn lcs() {
+        let t = |s: &'static str| s.split(' ').collect::<Vec<_>>();
+        assert_eq!(lcs_len(&t("a b c d"), &t("b d a c")), 2);
+        assert_eq!(lcs_len(&t("b d a c"), &t("a b c d")), 2);
+        assert_eq!(
+            lcs_len(&t("a man riding a horse"), &t("a man is riding a bike")),
+            4
+        );
+        assert_eq!(lcs_len(&t("x y"), &t("a b c")), 0);
+        assert_eq!(lcs_len(&t("a a a"), &t("a")), 1);
+    }
+
+    /// ROUGE-L worked by hand.
+    #[test]
+    fn rouge_l_by_hand() {
+        let refs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // LCS "a man riding a" (4): P = 4/5, R = 4/6; F = 2.44 · (4/5)(2/3) / (2/3 + 1.44 · 4/5)
+        // = 19.52 / 27.28 (numerator and denominator × 15).
+        let s = rouge_l_image("a man riding a horse", &refs(&["a man is riding a bike"]));
+        assert!((s - 19.52 / 27.28).abs() < 1e-15, "{s}");
+        assert!((s - 0.715_542_521_994_134_8).abs() < 1e-15, "{s}");
+        // P = R: F = P. "the cat on mat": 4 of 6 either way.
+        let s = rouge_l_image("the cat sat on the mat", &refs(&["the cat is on a mat"]));
+        assert!((s - 2.0 / 3.0).abs() < 1e-15, "{s}");
+        // The maxima are taken separately: P = 1 from the long reference, R = 1 from the short
+        // one, so F = 1 though no reference equals the candidate.
+        let two = refs(&["a dog", "a big dog runs fast in a park"]);
+        assert_eq!(rouge_l_image("a dog runs", &two), 1.0);
+        // No common token, no references: 0. An empty caption is one empty token.
+        assert_eq!(rouge_l_image("x y", &two), 0.0);
+        assert_eq!(rouge_l_image("a dog", &[]), 0.0);
+        assert_eq!(rouge_l_image("", &refs(&[""])), 1.0);
+        assert_eq!(rouge_l_image("", &refs(&["a dog"])), 0.0);
+        // Corpus: the mean over images.
+        let pairs = vec![
+            ("a dog runs".to_string(), two.clone()),
+            ("x y".to_string(), two),
+        ];
+        let (mean, per) = rouge_l(&pairs);
+        assert_eq!(per, [1.0, 0.0]);
+        assert_eq!(mean, 0.5);
+        assert_eq!(rouge_l(&[]), (0.0, vec![]));
+    }
+
+    /// numpy's pairwise sum: exact on integers at every size branch, and the grouping it uses.
+    #[test]
+    fn numpy_pairwise_sum() {
+        for n in [0usize, 1, 7, 8, 9, 15, 16, 127, 128, 129, 300, 1000] {
+            let xs: Vec<f64> = (1..=n).map(|i| i as f64).collect();
+            assert_eq!(numpy_sum(&xs), (n * (n + 1) / 2) as f64, "n = {n}");
+        }
+        // Eight running sums: 1e16 absorbs each 1 added to it alone, not 1s summed first.
+        let mut xs = vec![1.0; 16];
+        xs[0] = 1e16;
+        assert_eq!(numpy_sum(&xs), 1e16 + 14.0); // np.add.reduce gives the same
+        assert_eq!(xs.iter().sum::<f64>(), 1e16);
     }
 }
