@@ -1024,3 +1024,158 @@ fn cuda_autocast_and_fp16_training() {
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// ALBEF's learning-rate schedule (`schedule.style: albef`).
+// ------------------------------------------------------------------------------------------------
+
+/// Every iteration of ALBEF's recipes, replayed with timm 0.4.12's `CosineLRScheduler` and the
+/// stepping of ALBEF's training scripts (fixture from
+/// scripts/fixtures/make_albef_schedule_case.py, cross-checked against ALBEF's own scheduler).
+#[test]
+fn albef_schedule_matches_timm_fixture() {
+    use vlp_tasks::train::{LrSchedule, ScheduleConfig, SchedulePer, ScheduleStyle};
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/train/albef_schedule_case.json");
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(fx["timm"], "0.4.12");
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    let mut worst = 0.0f64;
+    let (mut n_checked, mut n_bitwise) = (0u64, 0u64);
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let f = |k: &str| case[k].as_f64().unwrap();
+        let u = |k: &str| case[k].as_u64().unwrap();
+        let (epochs, iters) = (u("epochs"), u("iters_per_epoch"));
+        let cfg = ScheduleConfig {
+            per: SchedulePer::Epoch,
+            style: ScheduleStyle::Albef,
+            warmup: u("warmup_epochs"),
+            warmup_lr: f("warmup_lr"),
+            min_lr: f("min_lr"),
+            step_size: Some(u("step_size")),
+            warmup_prefix: Some(case["warmup_prefix"].as_bool().unwrap()),
+            ..Default::default()
+        };
+        let s = LrSchedule::from_config(&cfg, f("lr"), epochs * iters, Some(epochs)).unwrap();
+        let mut want = Vec::new();
+        for run in case["runs"].as_array().unwrap() {
+            // The bit pattern (serde_json's decimal parsing may be 1 ulp off); the decimal agrees.
+            let (count, dec) = (run[0].as_u64().unwrap(), run[1].as_f64().unwrap());
+            let lr = f64::from_bits(u64::from_str_radix(run[2].as_str().unwrap(), 16).unwrap());
+            assert!((lr - dec).abs() <= 1e-12 * lr, "{name}: {run}");
+            want.extend(std::iter::repeat_n(lr, count as usize));
+        }
+        assert_eq!(want.len() as u64, epochs * iters, "{name}");
+        for (step, want) in want.iter().enumerate() {
+            let step = step as u64;
+            let (epoch, k) = (step / iters, step % iters);
+            let got = s.lr(step, epoch, k);
+            let d = (got - want).abs();
+            worst = worst.max(d);
+            n_bitwise += u64::from(got.to_bits() == want.to_bits());
+            assert!(
+                d <= 1e-12,
+                "{name}: epoch {epoch} step {k}: {got:e} vs timm {want:e}"
+            );
+        }
+        n_checked += want.len() as u64;
+    }
+    println!("{n_checked} iterations, {n_bitwise} bitwise equal, max |lr - timm| = {worst:e}");
+}
+
+const ALBEF_SCHED_CFG: &str = "name: albef-sched
+epochs: 3
+grad_accum: 2
+log_every: 1
+ckpt_every: 2
+seed: 3
+schedule: {kind: cosine, per: epoch, style: albef, warmup: 3, warmup_lr: 1.0e-4, min_lr: 1.0e-5, step_size: 1}
+optimizer: {lr: 1.0e-3, weight_decay: 0.02}
+";
+
+/// The trainer feeds the ALBEF schedule the step within the epoch (in optimizer steps), and a
+/// run killed in the middle of epoch 0's warmup resumes on the same learning rates.
+#[test]
+fn albef_schedule_in_the_trainer_and_on_resume() {
+    let _serial = serial();
+    // 8 batches, 2 per step: 4 steps per epoch, 12 steps.
+    let source = || InMemorySource::new(chunks(&linear_data(16, 4), 2), 2);
+    let full_dir = tmp("albef-sched-full");
+    let mut model = LinearModel::new(2);
+    let full = Trainer::new(base_config(ALBEF_SCHED_CFG), Some(full_dir))
+        .unwrap()
+        .fit(&mut model, &mut source(), None)
+        .unwrap();
+    assert_eq!(full.step, 12);
+    let lrs: Vec<f64> = full.history.iter().map(|r| r.lr).collect();
+    // Epoch 0: warmup_lr at steps 0 and 1 (the first update comes after step 1 with
+    // step_size 1), then t = 1, 2 of the 3-epoch warmup; epochs 1, 2: t = e + 3, the cosine from
+    // the end of the warmup over 3 epochs: 1e-5 + 0.5 * 9.9e-4 * (1 + cos(pi e / 3)).
+    let want = [
+        1e-4, 1e-4, 4e-4, 7e-4, 7.525e-4, 7.525e-4, 7.525e-4, 7.525e-4, 2.575e-4, 2.575e-4,
+        2.575e-4, 2.575e-4,
+    ];
+    assert_eq!(lrs.len(), want.len());
+    for (got, want) in lrs.iter().zip(want) {
+        assert!((got - want).abs() < 1e-12, "{lrs:?}");
+    }
+
+    // Killed after 3 steps, in epoch 0's warmup (last checkpoint: 2 steps done, so the resumed
+    // run starts at step 2 of epoch 0; records count steps from 1).
+    let dir = tmp("albef-sched-killed");
+    let mut model = LinearModel::new(2);
+    let mut t = Trainer::new(base_config(ALBEF_SCHED_CFG), Some(dir.clone())).unwrap();
+    t.halt_at(3);
+    let first = t.fit(&mut model, &mut source(), None).unwrap();
+    assert!(first.halted);
+    drop((t, model));
+    let mut model = LinearModel::new(2);
+    let second = Trainer::resume(&dir, &[])
+        .unwrap()
+        .fit(&mut model, &mut source(), None)
+        .unwrap();
+    assert_eq!(second.history.first().unwrap().step, 3);
+    let b: Vec<(u64, u64)> = first.history[..2]
+        .iter()
+        .chain(&second.history)
+        .map(|r| (r.step, r.lr.to_bits()))
+        .collect();
+    let a: Vec<(u64, u64)> = full
+        .history
+        .iter()
+        .map(|r| (r.step, r.lr.to_bits()))
+        .collect();
+    assert_eq!(a, b, "learning rates differ after resume");
+}
+
+/// The ALBEF recipes under configs/albef/ use the ALBEF schedule with the official
+/// `schedular` values (ALBEF's configs/*.yaml: warmup_lr 1e-5; warmup_epochs 20 for
+/// pre-training, 4 for VQA, 1 otherwise).
+#[test]
+fn albef_recipes_use_the_albef_schedule() {
+    use vlp_tasks::pipeline::config::ExperimentConfig;
+    use vlp_tasks::train::{AlbefStepping, LrSchedule};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/albef");
+    for (file, epochs, warmup, lr, min_lr) in [
+        ("pretrain.yaml", 30, 20, 1e-4, 1e-5),
+        ("retrieval_coco.yaml", 5, 1, 1e-5, 1e-6),
+        ("retrieval_flickr.yaml", 10, 1, 1e-5, 1e-6),
+        ("vqa.yaml", 8, 4, 2e-5, 1e-6),
+        ("nlvr.yaml", 10, 1, 2e-5, 1e-6),
+        ("ve.yaml", 5, 1, 2e-5, 1e-6),
+    ] {
+        let exp = ExperimentConfig::parse(root.join(file), &[]).unwrap();
+        let t = &exp.train;
+        assert_eq!(t.epochs, Some(epochs), "{file}");
+        let s = LrSchedule::from_config(&t.schedule, t.optimizer.lr, 1_000_000, t.epochs).unwrap();
+        assert_eq!(s.albef, Some(AlbefStepping::default()), "{file}");
+        assert_eq!(
+            (s.warmup, s.warmup_lr, s.base_lr, s.min_lr, s.total),
+            (warmup, 1e-5, lr, min_lr, epochs),
+            "{file}"
+        );
+    }
+}

@@ -58,7 +58,9 @@ pub use checkpoint::{Checkpointer, LoadedCheckpoint, TrainerState};
 pub use config::{MixGroup, TrainConfig};
 pub use optim::{pattern_matches, AdamW, OptimizerConfig, ParamInfo};
 pub use run_dir::RunDir;
-pub use schedule::{LrSchedule, ScheduleConfig, ScheduleKind, SchedulePer};
+pub use schedule::{
+    AlbefStepping, LrSchedule, ScheduleConfig, ScheduleKind, SchedulePer, ScheduleStyle,
+};
 pub use source::{BatchClone, DataSource, GroupedSource, InMemorySource, LoaderSource};
 pub use trainer::{
     clip_grad_norm, grad_norm, step_seed, EvalContext, EvalRecord, Evaluator, LossTerm, LossTerms,

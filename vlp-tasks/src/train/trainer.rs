@@ -852,7 +852,7 @@ impl Trainer {
 
         let mut c = Counters::default();
         let mut last_ckpt: Option<PathBuf> = None;
-        let mut last_lr = schedule.lr(0, 0);
+        let mut last_lr = schedule.lr(0, 0, 0);
         if let Some(ck) = self.resume_from.take() {
             restore_vars(model.var_store(), &ck.model, &ck.dir.join(MODEL_FILE))?;
             opt.load_state_dict(&ck.optimizer)?;
@@ -956,7 +956,8 @@ impl Trainer {
                 Some(i) => (Some(mixer.groups[i].0.as_str()), &mixer.groups[i].1),
                 None => (None, &all_objectives),
             };
-            let lr = schedule.lr(c.step, c.epoch);
+            // Steps start at multiples of `accum` micro-batches within an epoch.
+            let mut lr = schedule.lr(c.step, c.epoch, c.iter_in_epoch / accum);
             let mut acc: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
             let mut m = 0usize;
             let mut step_loss = 0.0;
@@ -990,6 +991,8 @@ impl Trainer {
                         if finished(&c) {
                             break 'steps;
                         }
+                        // No micro-batch of this step has run yet: it is step 0 of the new epoch.
+                        lr = schedule.lr(c.step, c.epoch, 0);
                         continue;
                     }
                 };
