@@ -1209,6 +1209,43 @@ fn rendering_matches_the_scene() {
     assert_eq!(px(14 - 11, 14 - 11), shapes::render::BACKGROUND);
 }
 
+#[test]
+fn light_backgrounds_change_only_the_background() {
+    let s = hand_scene();
+    let dark = ShapesConfig::default();
+    let light = ShapesConfig {
+        light_backgrounds: 1.0,
+        ..dark.clone()
+    };
+    let a = shapes::render_image(&dark, Split::Test, 0, &s);
+    let b = shapes::render_image(&light, Split::Test, 0, &s);
+    let px = |rgb: &[u8], x: usize, y: usize| {
+        [
+            rgb[(y * 64 + x) * 3],
+            rgb[(y * 64 + x) * 3 + 1],
+            rgb[(y * 64 + x) * 3 + 2],
+        ]
+    };
+    let bg = px(&b, 63, 0);
+    assert!(bg.iter().all(|&c| c >= 225), "{bg:?}");
+    assert_eq!(px(&a, 63, 0), shapes::render::BACKGROUND);
+    for o in &s.objects {
+        let (x, y) = (o.x as usize, o.y as usize);
+        assert_eq!(px(&a, x, y), px(&b, x, y), "{o:?}");
+    }
+    // Same seed, same background; a probability outside [0, 1] is refused.
+    assert_eq!(b, shapes::render_image(&light, Split::Test, 0, &s));
+    let bad = ShapesConfig {
+        light_backgrounds: 1.5,
+        ..dark
+    };
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("light_backgrounds"));
+}
+
 // ---------------------------------------------------------------- generated items, balance
 
 #[test]

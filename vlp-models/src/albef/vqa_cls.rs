@@ -5,9 +5,11 @@
 //! over a fixed answer vocabulary. This type puts that head on ALBEF's encoders: the
 //! multimodal text encoder cross-attends to the image from `fusion_layer` on, and
 //! `vqa_head = Linear(D, 2D) → LayerNorm(2D) → GELU → Linear(2D, n_answers)` (ViLT's / VLMo's
-//! `vqa_classifier` layout) reads the fused `[CLS]`. Training uses the soft-score binary
-//! cross-entropy of ViLT/VLMo (`BCE-with-logits(mean) × n_answers`) against targets built from
-//! the annotators' answers ([`soft_target_bce`]).
+//! `vqa_classifier` layout) reads the fused `[CLS]`. Training uses, by default, the soft-score
+//! binary cross-entropy of ViLT/VLMo (`BCE-with-logits(mean) × n_answers`) against targets built
+//! from the annotators' answers ([`soft_target_bce`]), or the softmax cross-entropy against the
+//! normalised soft targets ([`soft_target_ce`], [`VqaLoss::SoftmaxCe`]), which learns much faster
+//! in few steps (BCE first pushes every one of the `n` logits down).
 //!
 //! A classifier learns in hundreds of steps what the decoder needs thousands for, which is what
 //! a CPU budget affords (the quickstart uses it, see `docs/quickstart.md`).
@@ -58,6 +60,17 @@ impl VqaHead {
     }
 }
 
+/// The training loss of the classifier head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VqaLoss {
+    /// ViLT / VLMo / BEiT-3: [`soft_target_bce`].
+    #[default]
+    Bce,
+    /// Softmax cross-entropy against the soft targets normalised to sum 1 ([`soft_target_ce`]).
+    SoftmaxCe,
+}
+
 /// ALBEF encoders + a classifier over `num_answers` answers (see the module documentation).
 #[derive(Debug)]
 pub struct AlbefVqaClassifier {
@@ -72,6 +85,8 @@ pub struct AlbefVqaClassifier {
     pub vqa_head: VqaHead,
     /// Size of the answer vocabulary.
     pub num_answers: i64,
+    /// The training loss (default [`VqaLoss::Bce`]).
+    pub loss: VqaLoss,
     /// Dropout on (off by default).
     pub train: bool,
 }
@@ -100,6 +115,7 @@ impl AlbefVqaClassifier {
             text_encoder,
             vqa_head,
             num_answers,
+            loss: VqaLoss::default(),
             train: false,
         })
     }
@@ -184,8 +200,8 @@ impl AlbefVqaClassifier {
         self.logits(&emb, question_ids, question_mask)
     }
 
-    /// The training loss of `logits` against soft `targets` `[B, n_answers]`
-    /// ([`soft_target_bce`]).
+    /// The training loss of `logits` against soft `targets` `[B, n_answers]` (by
+    /// [`AlbefVqaClassifier::loss`]).
     pub fn train_loss(&self, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         if targets.size() != logits.size() {
             return Err(VlpError::input(
@@ -197,7 +213,10 @@ impl AlbefVqaClassifier {
                 ),
             ));
         }
-        Ok(soft_target_bce(logits, targets))
+        Ok(match self.loss {
+            VqaLoss::Bce => soft_target_bce(logits, targets),
+            VqaLoss::SoftmaxCe => soft_target_ce(logits, targets),
+        })
     }
 }
 
@@ -214,6 +233,21 @@ pub fn soft_target_bce(logits: &Tensor, targets: &Tensor) -> Tensor {
             tch::Reduction::Mean,
         )
         * n
+}
+
+/// `mean_q( -Σ_a t̂_qa · log_softmax(z_q)_a )` with `t̂_q = t_q / Σ_a t_qa`; questions without
+/// any target (no answer in the vocabulary) are left out of the mean (0 when there are none).
+pub fn soft_target_ce(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let t = targets.to_kind(Kind::Float);
+    let mass = t.sum_dim_intlist(1, true, Kind::Float);
+    let keep = mass.gt(0.0).to_kind(Kind::Float);
+    let norm = &t / mass.clamp_min(1e-12);
+    let per_q = -(norm * logits.to_kind(Kind::Float).log_softmax(1, Kind::Float)).sum_dim_intlist(
+        1,
+        true,
+        Kind::Float,
+    );
+    (per_q * &keep).sum(Kind::Float) / keep.sum(Kind::Float).clamp_min(1.0)
 }
 
 impl VlpModel for AlbefVqaClassifier {
@@ -335,6 +369,23 @@ mod tests {
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         let m = AlbefVqaClassifier::new(&tiny(), 2, Device::Cpu).unwrap();
         assert!(m.train_loss(&logits, &targets.view([4])).is_err());
+    }
+
+    #[test]
+    fn soft_ce_normalises_targets_and_skips_unlabelled_questions() {
+        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 2.0, 0.5, 0.5]).view([3, 2]);
+        // q0: one answer; q1: 0.3 / 0.6 (normalised to 1/3, 2/3); q2: no target.
+        let targets = Tensor::from_slice(&[1.0f32, 0.0, 0.3, 0.6, 0.0, 0.0]).view([3, 2]);
+        let got = soft_target_ce(&logits, &targets).double_value(&[]);
+        let lse = |a: f64, b: f64| (a.exp() + b.exp()).ln();
+        let q0 = -(1.0 - lse(1.0, 0.0));
+        let q1 = -((0.0 - lse(0.0, 2.0)) / 3.0 + 2.0 * (2.0 - lse(0.0, 2.0)) / 3.0);
+        assert!((got - (q0 + q1) / 2.0).abs() < 1e-6, "{got}");
+        let none = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        assert_eq!(
+            soft_target_ce(&logits.narrow(0, 0, 2), &none).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

@@ -178,7 +178,11 @@ impl AlbefModel {
         } else {
             None
         };
-        Self::build_with_answers(&exp.model.variant, cfg, n, device)
+        let mut m = Self::build_with_answers(&exp.model.variant, cfg, n, device)?;
+        if let AlbefModel::VqaCls(c) = &mut m {
+            c.loss = exp.model.vqa_loss;
+        }
+        Ok(m)
     }
 
     /// Builds `variant`; `num_answers` sizes the `vqa_cls` head.

@@ -71,6 +71,9 @@ pub struct ModelSection {
     /// How `init` is loaded (default `partial`).
     #[serde(default)]
     pub init_mode: InitMode,
+    /// The `vqa_cls` head's training loss: `bce` (default, ViLT/VLMo) or `softmax_ce`.
+    #[serde(default)]
+    pub vqa_loss: vlp_models::albef::vqa_cls::VqaLoss,
 }
 
 /// The task a data section feeds.

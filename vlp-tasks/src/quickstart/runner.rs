@@ -21,6 +21,7 @@ use vlp_core::image::{ImageTransform, ImageTransformConfig, Normalize};
 use vlp_core::layers::bert::CrossInput;
 use vlp_core::text::Tokenizer;
 use vlp_core::{Result, VlpError};
+use vlp_models::albef::vqa_cls::VqaLoss;
 use vlp_models::albef::{AlbefConfig, AlbefVqa};
 
 use super::{Plan, Stage};
@@ -299,6 +300,9 @@ impl<'a> Ctx<'a> {
                 ])),
                 init: init.map(Path::to_path_buf),
                 init_mode: InitMode::Partial,
+                // Softmax CE learns the answers in hundreds of steps; BCE over 74 answers first
+                // pushes every logit down (Shapes VQA stayed at chance after 150 BCE steps).
+                vqa_loss: VqaLoss::SoftmaxCe,
             },
             data: DataSection {
                 task,
@@ -388,9 +392,25 @@ impl<'a> Ctx<'a> {
         let mut model = AlbefModel::build_for(exp, &cfg, self.device)?;
         if let Some(init) = &exp.model.init {
             let report = load_init(&mut model, init, exp.model.init_mode)?;
-            if !report.is_clean() {
-                tracing::info!("{name}: initialised from {}: {report}", init.display());
-            }
+            let mut prefixes: Vec<String> = report
+                .missing
+                .iter()
+                .map(|k| k.key.split('.').next().unwrap_or("").to_string())
+                .collect();
+            prefixes.dedup();
+            println!(
+                "        initialised from {}: {} tensors loaded, {} missing{}, {} unexpected, {} mis-shaped",
+                init.display(),
+                report.loaded.len(),
+                report.missing.len(),
+                if prefixes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({}.*)", prefixes.join(".*, "))
+                },
+                report.unexpected.len(),
+                report.mismatched.len()
+            );
         }
         let ds = self.dataset(exp, &cfg)?;
         let mut lc = LoaderConfig::new(exp.train.batch_size);

@@ -42,6 +42,9 @@ pub struct GenerateArgs {
     /// Gaussian pixel noise (0–255 units; 0 = none).
     #[arg(long)]
     pub noise: Option<f32>,
+    /// Probability of a random light background per image (default 0: all dark).
+    #[arg(long)]
+    pub light_backgrounds: Option<f64>,
     /// Region feature size.
     #[arg(long)]
     pub region_dim: Option<usize>,
@@ -77,6 +80,9 @@ impl GenerateArgs {
         }
         if let Some(v) = self.noise {
             cfg.noise_std = v;
+        }
+        if let Some(v) = self.light_backgrounds {
+            cfg.light_backgrounds = v;
         }
         if let Some(v) = self.region_dim {
             cfg.region_dim = v;

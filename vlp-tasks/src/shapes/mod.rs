@@ -70,6 +70,10 @@ pub struct ShapesConfig {
     pub antialias: bool,
     /// Standard deviation of the Gaussian pixel noise (0–255 units; 0 = none).
     pub noise_std: f32,
+    /// Probability that an image gets a random light (pastel, 225–255 per channel) background
+    /// instead of the dark grey one (0 = every image dark, the original data). Drawn from its own
+    /// stream: scenes, texts and labels do not change.
+    pub light_backgrounds: f64,
     /// Captions per image (1–7).
     pub captions_per_image: usize,
     /// VQA questions per image (0–10).
@@ -101,6 +105,7 @@ impl Default for ShapesConfig {
             max_objects: 4,
             antialias: true,
             noise_std: 0.0,
+            light_backgrounds: 0.0,
             captions_per_image: 5,
             questions_per_image: 5,
             answer_noise: 0.15,
@@ -154,6 +159,10 @@ impl ShapesConfig {
         check(
             self.noise_std.is_finite() && self.noise_std >= 0.0,
             "noise_std: expected a finite value >= 0",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.light_backgrounds),
+            "light_backgrounds: expected a probability in [0, 1]",
         )?;
         check(self.region_dim >= 1, "region_dim: expected >= 1")?;
         let total = self.train_images + self.val_images + self.test_images;
@@ -315,9 +324,20 @@ pub fn build_image(cfg: &ShapesConfig, split: Split, index: usize) -> ImageRecor
 
 /// Renders a scene of image `index` of a split to RGB8 bytes (deterministic pixel noise).
 pub fn render_image(cfg: &ShapesConfig, split: Split, index: usize, scene: &Scene) -> Vec<u8> {
+    let background = if cfg.light_backgrounds > 0.0 {
+        let mut bg = Stream::new(cfg.seed, Purpose::Background, split.code(), index as u64);
+        if bg.chance(cfg.light_backgrounds) {
+            [0, 1, 2].map(|_| bg.between(225, 255) as u8)
+        } else {
+            render::BACKGROUND
+        }
+    } else {
+        render::BACKGROUND
+    };
     let params = render::RenderParams {
         supersample: if cfg.antialias { 4 } else { 1 },
         noise_std: cfg.noise_std,
+        background,
     };
     let mut rng = Stream::new(cfg.seed, Purpose::Pixels, split.code(), index as u64);
     render::render(scene, &params, &mut rng)

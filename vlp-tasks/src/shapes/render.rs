@@ -1,5 +1,5 @@
-//! The renderer: flat-coloured shapes on a dark background, optional supersampled
-//! anti-aliasing and optional Gaussian pixel noise.
+//! The renderer: flat-coloured shapes on a dark background (or, per image, a random light one),
+//! optional supersampled anti-aliasing and optional Gaussian pixel noise.
 use super::rng::Stream;
 use super::scene::{Object, Scene, Shape};
 
@@ -14,6 +14,8 @@ pub struct RenderParams {
     /// Standard deviation of the Gaussian noise added to every channel of every pixel, in
     /// 0–255 units (0 = none).
     pub noise_std: f32,
+    /// Background colour ([`BACKGROUND`] by default).
+    pub background: [u8; 3],
 }
 
 /// The outline of an object: a disc or a polygon (vertices in pixels).
@@ -140,7 +142,7 @@ pub fn outline(scene: &Scene, i: usize) -> Outline {
 /// `rng` (untouched when `noise_std == 0`).
 pub fn render(scene: &Scene, p: &RenderParams, rng: &mut Stream) -> Vec<u8> {
     let side = scene.image_size as usize;
-    let mut acc: Vec<[f32; 3]> = vec![BACKGROUND.map(f32::from); side * side];
+    let mut acc: Vec<[f32; 3]> = vec![p.background.map(f32::from); side * side];
     let ss = p.supersample.max(1);
     let inv = 1.0 / ss as f32;
     for i in 0..scene.objects.len() {

@@ -28,6 +28,8 @@ pub enum Purpose {
     Regions = 7,
     /// The fixed projection of region codes to features (one per data set).
     Projection = 8,
+    /// Background colour of an image (`light_backgrounds`).
+    Background = 9,
 }
 
 /// One deterministic random stream.
