@@ -107,6 +107,13 @@ pub struct AlbefConfig {
     /// Image size the checkpoint was made at (fixture metadata: `pos_embed` is interpolated from
     /// the checkpoint's own shape, this key only documents it).
     pub checkpoint_image_res: Option<i64>,
+    /// vlp-rs addition: the NLVR2 text encoder's layer count. `None` = the official layout
+    /// (forced to 18 layers, key/value tied in pairs (6,7)…(16,17), pretraining layer `n ≥ 6`
+    /// copied to `2(n-6)+6`, `2(n-6)+7`). `Some(n)`: `n` layers laid out the same way from
+    /// `fusion_layer` `f` on — pairs `(f+2k, f+2k+1)`, layer `n ≥ f` copied to `2(n-f)+f`,
+    /// `2(n-f)+f+1` — so that a smaller model (the `small` preset: `f` 2, 4 layers → 6) gets
+    /// every fusion layer twice as the base model does (`f + 2 (L - f)`; 18 at base).
+    pub nlvr_layers: Option<i64>,
     /// Ignored (training script: path of `config_bert.json`).
     pub bert_config: Option<serde_json::Value>,
     /// Ignored (training script).
@@ -167,6 +174,7 @@ impl Default for AlbefConfig {
             eos: None,
             max_tokens: None,
             checkpoint_image_res: None,
+            nlvr_layers: None,
             bert_config: None,
             batch_size: None,
             batch_size_train: None,

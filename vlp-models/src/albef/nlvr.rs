@@ -41,17 +41,66 @@ pub const NLVR_PAIRS: MomentumPairs = &[
 /// Number of text layers of the NLVR2 model (forced by the official class).
 pub const NLVR_LAYERS: i64 = 18;
 
-/// The layer pairs whose cross-attention key/value are tied, `(6 + 2k, 7 + 2k)` for `k < 6`
-/// (`share_cross_attention`); the first layer of each pair uses the second one's Linears.
-pub fn tied_layer_pairs() -> impl Iterator<Item = (usize, usize)> {
-    (0..6).map(|k| (6 + 2 * k, 7 + 2 * k))
+/// The text-encoder layout of the NLVR2 model: its layer count and the first layer of the tied
+/// pairs (official: 18 and 6; see [`AlbefConfig::nlvr_layers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NlvrLayout {
+    /// Text-encoder layers.
+    pub layers: usize,
+    /// First layer of the first tied pair (and of the replicated fusion layers).
+    pub first: usize,
 }
 
-/// The state-dict key pairs `(layer 7+2k, layer 6+2k)` of the tied tensors under `prefix`
-/// (`text_encoder.`, `text_encoder_m.`).
+impl NlvrLayout {
+    /// The official layout (18 layers, pairs from 6).
+    pub const OFFICIAL: NlvrLayout = NlvrLayout {
+        layers: NLVR_LAYERS as usize,
+        first: 6,
+    };
+
+    /// The layout of a config: official unless `nlvr_layers` is set.
+    pub fn of(cfg: &AlbefConfig) -> Result<NlvrLayout> {
+        match cfg.nlvr_layers {
+            None => Ok(Self::OFFICIAL),
+            Some(n) => {
+                let f = cfg.bert.fusion_layer.unwrap_or(n);
+                if n < f || (n - f) % 2 != 0 {
+                    return Err(VlpError::Msg(format!(
+                        "albef nlvr2: nlvr_layers {n} must be fusion_layer {f} plus an even number"
+                    )));
+                }
+                Ok(NlvrLayout {
+                    layers: n as usize,
+                    first: f as usize,
+                })
+            }
+        }
+    }
+
+    /// The layer pairs whose cross-attention key/value are tied, `(first + 2k, first + 2k + 1)`
+    /// (`share_cross_attention`; official `(6,7)…(16,17)`); the first layer of each pair uses
+    /// the second one's Linears.
+    pub fn tied_layer_pairs(self) -> impl Iterator<Item = (usize, usize)> {
+        let n = self.layers.saturating_sub(self.first) / 2;
+        (0..n).map(move |k| (self.first + 2 * k, self.first + 2 * k + 1))
+    }
+}
+
+/// The official tied layer pairs `(6 + 2k, 7 + 2k)`, `k < 6`.
+pub fn tied_layer_pairs() -> impl Iterator<Item = (usize, usize)> {
+    NlvrLayout::OFFICIAL.tied_layer_pairs()
+}
+
+/// The state-dict key pairs `(layer 7+2k, layer 6+2k)` of the official tied tensors under
+/// `prefix` (`text_encoder.`, `text_encoder_m.`).
 pub fn tied_keys(prefix: &str) -> Vec<(String, String)> {
+    tied_keys_of(NlvrLayout::OFFICIAL, prefix)
+}
+
+/// [`tied_keys`] of a layout.
+pub fn tied_keys_of(layout: NlvrLayout, prefix: &str) -> Vec<(String, String)> {
     let mut v = vec![];
-    for (a, b) in tied_layer_pairs() {
+    for (a, b) in layout.tied_layer_pairs() {
         for proj in ["key", "value"] {
             for t in ["weight", "bias"] {
                 let k =
@@ -63,26 +112,28 @@ pub fn tied_keys(prefix: &str) -> Vec<(String, String)> {
     v
 }
 
-/// The NLVR2 BERT config: `cfg` with 18 layers.
-pub fn nlvr_bert_config(cfg: &BertConfig) -> Result<BertConfig> {
+/// The NLVR2 BERT config: `cfg` with the layout's layer count (official: 18).
+pub fn nlvr_bert_config(cfg: &BertConfig, layout: NlvrLayout) -> Result<BertConfig> {
     let mut c = cfg.clone();
-    c.num_hidden_layers = NLVR_LAYERS;
+    c.num_hidden_layers = layout.layers as i64;
     c.validate()?;
-    let f = c.fusion_layer.unwrap_or(NLVR_LAYERS);
-    if f > 6 {
+    let f = c.fusion_layer.unwrap_or(c.num_hidden_layers);
+    if f > layout.first as i64 {
         return Err(VlpError::Msg(format!(
-            "albef nlvr2: bert.fusion_layer {f} > 6 leaves the tied layers 6.. without cross-attention"
+            "albef nlvr2: bert.fusion_layer {f} > {} leaves the tied layers {}.. without cross-attention",
+            layout.first, layout.first
         )));
     }
     Ok(c)
 }
 
-/// Builds the 18-layer text encoder under `p` with the tied cross-attention key/value.
-pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig) -> Result<AlbefBert> {
-    let cfg = nlvr_bert_config(cfg)?;
+/// Builds the text encoder under `p` (official: 18 layers) with the tied cross-attention
+/// key/value.
+pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig, layout: NlvrLayout) -> Result<AlbefBert> {
+    let cfg = nlvr_bert_config(cfg, layout)?;
     let pl = p / "encoder" / "layer";
-    let n = NLVR_LAYERS as usize;
-    let sharing: Vec<usize> = tied_layer_pairs().map(|(a, _)| a).collect();
+    let n = layout.layers;
+    let sharing: Vec<usize> = layout.tied_layer_pairs().map(|(a, _)| a).collect();
     let mut layers: Vec<Option<BertLayer>> = (0..n).map(|_| None).collect();
     for (i, slot) in layers.iter_mut().enumerate() {
         if !sharing.contains(&i) {
@@ -92,7 +143,7 @@ pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig) -> Result<AlbefBert> {
             ));
         }
     }
-    for (a, b) in tied_layer_pairs() {
+    for (a, b) in layout.tied_layer_pairs() {
         let partner = layers[b].as_ref().expect("built above");
         let layer = BertLayer::new_sharing_cross_kv(&(&pl / a), &cfg.layer_config(true), partner);
         layers[a] = Some(layer);
@@ -129,17 +180,18 @@ impl AlbefNlvr {
     /// Builds the model on `device` (momentum copies = online weights when `distill`).
     pub fn new(cfg: &AlbefConfig, device: Device) -> Result<Self> {
         cfg.validate()?;
+        let layout = NlvrLayout::of(cfg)?;
         let vs = VarStore::new(device);
         let r = vs.root();
         let vit = cfg.vit();
         let d = cfg.bert.hidden_size;
         let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
-        let text_encoder = nlvr_text_encoder(&(&r / "text_encoder"), &cfg.bert)?;
+        let text_encoder = nlvr_text_encoder(&(&r / "text_encoder"), &cfg.bert, layout)?;
         let cls_head = ClsHead::new(&(&r / "cls_head"), d, 2);
         let momentum = if cfg.distill {
             Some(ClassifierMomentum {
                 visual_encoder_m: VisionTransformer::new(&(&r / "visual_encoder_m"), &vit),
-                text_encoder_m: nlvr_text_encoder(&(&r / "text_encoder_m"), &cfg.bert)?,
+                text_encoder_m: nlvr_text_encoder(&(&r / "text_encoder_m"), &cfg.bert, layout)?,
                 cls_head_m: ClsHead::new(&(&r / "cls_head_m"), d, 2),
             })
         } else {
@@ -264,7 +316,7 @@ impl AlbefNlvr {
 /// `Pretrain_nlvr.py`'s conversion of a pretraining checkpoint: `bert.` removed from the text
 /// keys, and each fusion layer `n >= 6` of the 12-layer encoder replicated into layers
 /// `2(n-6)+6` and `2(n-6)+7` of the 18-layer one.
-fn replicate_pretrain_layers(sd: &mut StateDict) -> Result<()> {
+fn replicate_pretrain_layers(sd: &mut StateDict, first: usize) -> Result<()> {
     let keys: Vec<String> = sd.keys().filter(|k| k.contains("bert.")).cloned().collect();
     for k in keys {
         let t = sd.remove(&k).expect("listed");
@@ -277,8 +329,8 @@ fn replicate_pretrain_layers(sd: &mut StateDict) -> Result<()> {
                     parts[3]
                 ))
             })?;
-            if n >= 6 {
-                for l in [2 * (n - 6) + 6, 2 * (n - 6) + 7] {
+            if n >= first {
+                for l in [2 * (n - first) + first, 2 * (n - first) + first + 1] {
                     let mut p = parts.clone();
                     let ls = l.to_string();
                     p[3] = &ls;
@@ -304,7 +356,7 @@ impl VlpModel for AlbefNlvr {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
         if has_pretrain_layout(&sd) {
-            replicate_pretrain_layers(&mut sd)?;
+            replicate_pretrain_layers(&mut sd, NlvrLayout::of(&self.cfg)?.first)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);
         }
         if self.momentum.is_none() {
@@ -313,9 +365,10 @@ impl VlpModel for AlbefNlvr {
                 &["visual_encoder_m.", "text_encoder_m.", "cls_head_m."],
             );
         }
-        let mut pairs = tied_keys("text_encoder.");
+        let layout = NlvrLayout::of(&self.cfg)?;
+        let mut pairs = tied_keys_of(layout, "text_encoder.");
         if self.momentum.is_some() {
-            pairs.extend(tied_keys("text_encoder_m."));
+            pairs.extend(tied_keys_of(layout, "text_encoder_m."));
         }
         complete_tied(&mut sd, &pairs)?;
         Ok(sd)
@@ -339,5 +392,89 @@ impl VlpModel for AlbefNlvr {
             t.insert("logits".into(), out.logits);
             Ok(t)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vlp_core::checkpoint::{load_state_dict, state_dict_of, LoadMode};
+
+    fn small(nlvr_layers: Option<i64>) -> AlbefConfig {
+        let base = AlbefConfig::default();
+        let mut bert = base.bert.clone();
+        bert.hidden_size = 32;
+        bert.num_hidden_layers = 4;
+        bert.num_attention_heads = 2;
+        bert.intermediate_size = 64;
+        bert.fusion_layer = Some(2);
+        bert.encoder_width = Some(32);
+        bert.max_position_embeddings = 16;
+        bert.vocab_size = 50;
+        AlbefConfig {
+            image_res: 32,
+            vision: Some(vlp_core::layers::vit::VitConfig {
+                img_size: 32,
+                patch_size: 16,
+                embed_dim: 32,
+                depth: 1,
+                num_heads: 2,
+                ..vlp_core::layers::vit::VitConfig::default()
+            }),
+            vision_width: 32,
+            embed_dim: 16,
+            queue_size: 8,
+            distill: false,
+            nlvr_layers,
+            bert,
+            ..base
+        }
+    }
+
+    #[test]
+    fn official_layout_by_default_and_a_scaled_one_on_request() {
+        assert_eq!(NlvrLayout::of(&small(None)).unwrap(), NlvrLayout::OFFICIAL);
+        let pairs: Vec<_> = NlvrLayout::OFFICIAL.tied_layer_pairs().collect();
+        assert_eq!(pairs.first(), Some(&(6, 7)));
+        assert_eq!(pairs.last(), Some(&(16, 17)));
+        let l = NlvrLayout::of(&small(Some(6))).unwrap();
+        assert_eq!(
+            l,
+            NlvrLayout {
+                layers: 6,
+                first: 2
+            }
+        );
+        assert_eq!(
+            l.tied_layer_pairs().collect::<Vec<_>>(),
+            vec![(2, 3), (4, 5)]
+        );
+        assert!(NlvrLayout::of(&small(Some(5))).is_err());
+    }
+
+    #[test]
+    fn a_small_pretraining_checkpoint_fills_every_text_layer() {
+        tch::manual_seed(0);
+        let cfg = small(Some(6));
+        let pre = super::super::AlbefPretrain::new(&cfg, Device::Cpu).unwrap();
+        let sd = state_dict_of(pre.var_store());
+        let mut m = AlbefNlvr::new(&cfg, Device::Cpu).unwrap();
+        let sd = m.adapt_state_dict(sd).unwrap();
+        let r = load_state_dict(m.var_store_mut(), &sd, LoadMode::Partial, "pretrain").unwrap();
+        assert!(r.unexpected.is_empty(), "{r}");
+        assert!(
+            r.missing.iter().all(|k| k.key.starts_with("cls_head.")),
+            "{r}"
+        );
+        // Pretraining fusion layer 3 is copied to layers 4 and 5 (4's key/value tied to 5's).
+        let q = |l: usize| {
+            m.var_store().variables()
+                [&format!("text_encoder.encoder.layer.{l}.crossattention.self.query.weight")]
+                .shallow_clone()
+        };
+        let src = pre.var_store().variables()
+            ["text_encoder.bert.encoder.layer.3.crossattention.self.query.weight"]
+            .shallow_clone();
+        assert!(q(4).equal(&src) && q(5).equal(&src));
     }
 }

@@ -66,6 +66,9 @@ pub fn albef_preset(preset: Preset) -> AlbefConfig {
     c.bert.fusion_layer = Some(fusion);
     c.bert.encoder_width = Some(width);
     c.bert.max_position_embeddings = 128;
+    // NLVR2: every fusion layer twice, as the base model's 6 + 2 × 6 = 18 (the official class
+    // hard-codes 18 layers tied from layer 6, which a 4-layer model does not have).
+    c.nlvr_layers = Some(fusion + 2 * (layers - fusion));
     c
 }
 

@@ -74,6 +74,10 @@ pub struct Stage {
     pub lr: f64,
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 /// The fine-tuning tasks a run selects (`--tasks`; empty: all).
 pub fn parse_tasks(names: &[String]) -> Result<Vec<TaskKind>> {
     let all = [
@@ -126,6 +130,10 @@ pub struct Plan {
     /// Also fine-tune easy-VQA from scratch with the same budget (for the comparison).
     #[serde(default)]
     pub easy_vqa_scratch: bool,
+    /// Learning-rate factor of the runs that start from the pre-trained weights (same steps and
+    /// batch; the official recipes fine-tune at a fraction of the pre-training rate).
+    #[serde(default = "one")]
+    pub pretrained_lr_scale: f64,
     /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
     pub eval_samples: usize,
     /// Images of the retrieval gallery (5 captions each).
@@ -156,13 +164,23 @@ impl Plan {
                 regions: false,
                 ..ShapesConfig::default()
             },
-            pretrain: s(300, 1e-3),
-            retrieval: s(60, 5e-4),
-            vqa: s(80, 5e-4),
-            nlvr2: s(50, 5e-4),
-            ve: s(80, 5e-4),
-            easy_vqa: Some(s(300, 5e-4)),
-            easy_vqa_scratch: false,
+            pretrain: s(600, 1e-3),
+            retrieval: s(100, 5e-4),
+            // VQA batches count images, each with up to QUESTIONS_PER_IMAGE questions.
+            vqa: Stage {
+                steps: 200,
+                batch_size: 16,
+                lr: 5e-4,
+            },
+            nlvr2: s(150, 5e-4),
+            ve: s(150, 5e-4),
+            easy_vqa: Some(Stage {
+                steps: 800,
+                batch_size: 16,
+                lr: 5e-4,
+            }),
+            easy_vqa_scratch: true,
+            pretrained_lr_scale: 1.0,
             eval_samples: 500,
             retrieval_images: 100,
             easy_vqa_eval: Some(2000),
@@ -191,10 +209,20 @@ impl Plan {
             },
             pretrain: s(30, 1e-3),
             retrieval: s(10, 5e-4),
-            vqa: s(10, 5e-4),
+            vqa: Stage {
+                steps: 10,
+                batch_size: 16,
+                lr: 5e-4,
+            },
             nlvr2: s(8, 5e-4),
             ve: s(10, 5e-4),
-            easy_vqa: Some(s(30, 5e-4)),
+            easy_vqa: Some(Stage {
+                steps: 30,
+                batch_size: 16,
+                lr: 5e-4,
+            }),
+            easy_vqa_scratch: false,
+            pretrained_lr_scale: 1.0,
             eval_samples: 100,
             retrieval_images: 50,
             easy_vqa_eval: Some(300),
@@ -229,6 +257,7 @@ impl Plan {
             ve: s(60, 1e-3),
             easy_vqa: Some(s(30, 1e-3)),
             easy_vqa_scratch: false,
+            pretrained_lr_scale: 1.0,
             eval_samples: 60,
             retrieval_images: 30,
             easy_vqa_eval: Some(150),

@@ -466,6 +466,15 @@ impl<'a> Ctx<'a> {
                 "scratch"
             }
         );
+        // Fine-tuning pre-trained weights at a lower rate than training from scratch, as the
+        // official recipes fine-tune at a fraction of the pre-training rate.
+        let stage = match init {
+            Some(_) => Stage {
+                lr: stage.lr * self.plan.pretrained_lr_scale,
+                ..stage
+            },
+            None => stage,
+        };
         let exp = self.experiment(Some(kind), &stage, &name, init)?;
         let (mut trainable, outcome) = self.train(&exp, &name)?;
         let cfg = albef_config(&exp)?;
