@@ -7,9 +7,11 @@
 //!   [`data::loader`]: a threaded, prefetching, deterministic and resumable data loader over a
 //!   [`data::loader::Dataset`].
 //! - [`metrics`]: VQA accuracy (official `vqaEval.py`) and soft-score targets, retrieval recall
-//!   (ALBEF/BLIP `itm_eval`), NLVR2 / SNLI-VE accuracy, BLEU-1..4 and CIDEr-D with PTB
+//!   (ALBEF/BLIP `itm_eval`), NLVR2 / SNLI-VE accuracy, BLEU-1..4, ROUGE-L and CIDEr-D with PTB
 //!   tokenisation (pycocoevalcap).
-//! - [`eval`]: the model-agnostic retrieval evaluator (ITC top-k, batched ITM rerank, fusion rule).
+//! - [`eval`]: model-agnostic evaluators — retrieval (ITC top-k, batched ITM rerank, fusion
+//!   rule), VQA (classifier or answer ranking; writes the official result file), captioning
+//!   (COCO result JSON), NLVR2 / SNLI-VE — and the ALBEF / BLIP models behind their traits.
 //! - [`score`]: `vlp score`, the metrics of saved predictions.
 //!
 //! `docs/tasks.md` lists, per task, the accepted file formats, the metric and its convention, and
