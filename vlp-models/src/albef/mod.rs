@@ -780,6 +780,39 @@ pub(crate) fn classifier_train_loss(
     Ok(distilled_ce(logits, targets, pred_m.as_ref(), alpha))
 }
 
+/// A tiny config for unit tests: 32 px images, width 32, one ViT block, `layers` text layers
+/// cross-attending from `fusion`, a 50-word vocabulary, no distillation.
+#[cfg(test)]
+pub(crate) fn tiny_test_config(layers: i64, fusion: i64) -> AlbefConfig {
+    let base = AlbefConfig::default();
+    let mut bert = base.bert.clone();
+    bert.hidden_size = 32;
+    bert.num_hidden_layers = layers;
+    bert.num_attention_heads = 2;
+    bert.intermediate_size = 64;
+    bert.fusion_layer = Some(fusion);
+    bert.encoder_width = Some(32);
+    bert.max_position_embeddings = 16;
+    bert.vocab_size = 50;
+    AlbefConfig {
+        image_res: 32,
+        vision: Some(VitConfig {
+            img_size: 32,
+            patch_size: 16,
+            embed_dim: 32,
+            depth: 1,
+            num_heads: 2,
+            ..VitConfig::default()
+        }),
+        vision_width: 32,
+        embed_dim: 16,
+        queue_size: 8,
+        distill: false,
+        bert,
+        ..base
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

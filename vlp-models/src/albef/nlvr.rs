@@ -401,33 +401,9 @@ mod tests {
     use vlp_core::checkpoint::{load_state_dict, state_dict_of, LoadMode};
 
     fn small(nlvr_layers: Option<i64>) -> AlbefConfig {
-        let base = AlbefConfig::default();
-        let mut bert = base.bert.clone();
-        bert.hidden_size = 32;
-        bert.num_hidden_layers = 4;
-        bert.num_attention_heads = 2;
-        bert.intermediate_size = 64;
-        bert.fusion_layer = Some(2);
-        bert.encoder_width = Some(32);
-        bert.max_position_embeddings = 16;
-        bert.vocab_size = 50;
         AlbefConfig {
-            image_res: 32,
-            vision: Some(vlp_core::layers::vit::VitConfig {
-                img_size: 32,
-                patch_size: 16,
-                embed_dim: 32,
-                depth: 1,
-                num_heads: 2,
-                ..vlp_core::layers::vit::VitConfig::default()
-            }),
-            vision_width: 32,
-            embed_dim: 16,
-            queue_size: 8,
-            distill: false,
             nlvr_layers,
-            bert,
-            ..base
+            ..super::super::tiny_test_config(4, 2)
         }
     }
 

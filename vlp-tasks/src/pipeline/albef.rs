@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 use vlp_core::checkpoint::{self, LoadMode, LoadReport, ReadOptions as CkptReadOptions};
 use vlp_core::image::{ImageTransform, ImageTransformConfig};
-use vlp_core::layers::bert::CrossInput;
 use vlp_core::layers::vit::VitConfig;
 use vlp_core::text::{pad_batch, EncodeOptions, Padding, SpecialStyle, Tokenizer};
 use vlp_core::{Result, VlpError};
@@ -19,8 +18,7 @@ use vlp_models::albef::pretrain::{PretrainBatch, PretrainDraws};
 use vlp_models::albef::retrieval::RetrievalBatch;
 use vlp_models::albef::vqa::VqaTrainBatch;
 use vlp_models::albef::{
-    normalize, AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa,
-    AlbefVqaClassifier,
+    AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa, AlbefVqaClassifier,
 };
 use vlp_models::VlpModel;
 
@@ -33,7 +31,8 @@ use crate::data::nlvr2::{self, Nlvr2Dataset, Nlvr2Sample};
 use crate::data::snli_ve::{self, VeDataset, VeSample};
 use crate::data::vqa::{self as vqa_data, AnswerVocab, VqaDataset, VqaQuestion, VqaSample};
 use crate::data::{ReadOptions, TextPrep};
-use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig, RetrievalModel};
+use crate::eval::models::albef::AlbefRetrievalEval;
+use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig};
 use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
 use crate::train::{LossTerms, StepContext, Trainable};
 
@@ -72,22 +71,6 @@ pub fn albef_preset(preset: Preset) -> AlbefConfig {
     c
 }
 
-fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
     VlpError::Config {
         path: path.to_path_buf(),
@@ -99,39 +82,9 @@ fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
 /// path relative to the experiment file, or an inline mapping). Errors name `model.config`.
 pub fn albef_config(exp: &ExperimentConfig) -> Result<AlbefConfig> {
     let src = &exp.source;
-    let mut v = serde_json::to_value(albef_preset(exp.model.preset))
+    let v = serde_json::to_value(albef_preset(exp.model.preset))
         .map_err(|e| VlpError::Msg(format!("albef preset: {e}")))?;
-    let over: Option<serde_json::Value> = match &exp.model.config {
-        None | Some(serde_yaml::Value::Null) => None,
-        Some(serde_yaml::Value::String(p)) => {
-            let p = PathBuf::from(p);
-            let p = if p.is_relative() {
-                src.parent().unwrap_or(Path::new("")).join(p)
-            } else {
-                p
-            };
-            if !p.is_file() {
-                return Err(cfg_err(
-                    src,
-                    format!("field `model.config`: file not found: {}", p.display()),
-                ));
-            }
-            Some(vlp_core::config::load_config(&p)?)
-        }
-        Some(m @ serde_yaml::Value::Mapping(_)) => Some(
-            serde_json::to_value(m)
-                .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?,
-        ),
-        Some(_) => {
-            return Err(cfg_err(
-                src,
-                "field `model.config`: expected a file path or a mapping of overrides",
-            ))
-        }
-    };
-    if let Some(o) = over {
-        merge(&mut v, o);
-    }
+    let v = super::config::merged_model_config(exp, v)?;
     let mut c = AlbefConfig::from_json(&v)
         .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?;
     if let Some(size) = exp.data.image_size {
@@ -1216,123 +1169,6 @@ pub fn classify_questions(
     Ok(out)
 }
 
-/// The unimodal encoders and ITM head of a pretraining or retrieval model, for the retrieval
-/// evaluator (ALBEF's `evaluation`: ITC top-k, ITM rerank, final score = ITM logit).
-struct AlbefRetrievalView<'a> {
-    model: &'a AlbefModel,
-    enc: &'a TextEncoder,
-    image_embeds: BTreeMap<usize, Tensor>,
-    text_embeds: BTreeMap<usize, (Tensor, Tensor)>,
-}
-
-impl AlbefRetrievalView<'_> {
-    fn device(&self) -> Device {
-        self.model.as_vlp().var_store().device()
-    }
-}
-
-fn cls(x: &Tensor) -> Tensor {
-    x.select(1, 0)
-}
-
-impl RetrievalModel for AlbefRetrievalView<'_> {
-    fn encode_images(&mut self, ids: &[usize], pixels: &Tensor) -> Result<Tensor> {
-        let px = pixels.to_device(self.device());
-        let (emb, feat) = match self.model {
-            AlbefModel::Pretrain(m) => {
-                let e = m.visual_encoder.forward_t(&px, false);
-                let f = normalize(&cls(&e).apply(&m.vision_proj));
-                (e, f)
-            }
-            AlbefModel::Retrieval(m) => m.image_features(&px)?,
-            _ => {
-                return Err(VlpError::Msg(
-                    "retrieval needs a pretrain/retrieval model".into(),
-                ))
-            }
-        };
-        for (j, &i) in ids.iter().enumerate() {
-            self.image_embeds.insert(i, emb.get(j as i64));
-        }
-        Ok(feat)
-    }
-
-    fn encode_texts(&mut self, ids: &[usize], texts: &[String]) -> Result<Tensor> {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let b = self.enc.tokenizer.encode_batch(
-            &refs,
-            &EncodeOptions {
-                padding: Padding::MaxLength(self.enc.max_len),
-                max_length: Some(self.enc.max_len),
-                style: SpecialStyle::ClsOnly,
-            },
-        )?;
-        let dev = self.device();
-        let (tid, tmask) = (b.input_ids.to_device(dev), b.attention_mask.to_device(dev));
-        let (emb, feat) = match self.model {
-            AlbefModel::Pretrain(m) => {
-                let e = m.text_encoder.bert.text(&tid, &tmask, false);
-                let f = normalize(&cls(&e).apply(&m.text_proj));
-                (e, f)
-            }
-            AlbefModel::Retrieval(m) => m.text_features(&tid, &tmask)?,
-            _ => {
-                return Err(VlpError::Msg(
-                    "retrieval needs a pretrain/retrieval model".into(),
-                ))
-            }
-        };
-        for (j, &i) in ids.iter().enumerate() {
-            self.text_embeds
-                .insert(i, (emb.get(j as i64), tmask.get(j as i64)));
-        }
-        Ok(feat)
-    }
-
-    fn itm_scores(&mut self, image_idx: &[usize], text_idx: &[usize]) -> Result<Vec<f64>> {
-        let get_i = |i: &usize| {
-            self.image_embeds
-                .get(i)
-                .map(Tensor::shallow_clone)
-                .ok_or_else(|| VlpError::Msg(format!("image {i} not encoded")))
-        };
-        let imgs = Tensor::stack(&image_idx.iter().map(get_i).collect::<Result<Vec<_>>>()?, 0);
-        let mut te = Vec::new();
-        let mut tm = Vec::new();
-        for t in text_idx {
-            let (e, m) = self
-                .text_embeds
-                .get(t)
-                .ok_or_else(|| VlpError::Msg(format!("text {t} not encoded")))?;
-            te.push(e.shallow_clone());
-            tm.push(m.shallow_clone());
-        }
-        let (te, tm) = (Tensor::stack(&te, 0), Tensor::stack(&tm, 0));
-        let logits = match self.model {
-            AlbefModel::Pretrain(m) => {
-                let cross = [CrossInput {
-                    states: &imgs,
-                    mask: None,
-                }];
-                let h = m.text_encoder.bert.fusion(&te, &tm, &cross, false);
-                cls(&h).apply(&m.itm_head)
-            }
-            AlbefModel::Retrieval(m) => m.itm_logits(&te, &tm, &imgs),
-            _ => {
-                return Err(VlpError::Msg(
-                    "retrieval needs a pretrain/retrieval model".into(),
-                ))
-            }
-        };
-        Ok(Vec::<f64>::try_from(
-            logits
-                .select(1, 1)
-                .to_kind(Kind::Double)
-                .to_device(Device::Cpu),
-        )?)
-    }
-}
-
 fn accuracy_pct(correct: usize, total: usize) -> f64 {
     if total == 0 {
         0.0
@@ -1365,11 +1201,10 @@ fn evaluate_inner(
     let mut m = BTreeMap::new();
     match (data, model) {
         (EvalData::Retrieval { gallery }, AlbefModel::Pretrain(_) | AlbefModel::Retrieval(_)) => {
-            let mut view = AlbefRetrievalView {
-                model,
-                enc: &setup.enc,
-                image_embeds: BTreeMap::new(),
-                text_embeds: BTreeMap::new(),
+            let mut view = match model {
+                AlbefModel::Pretrain(p) => AlbefRetrievalEval::new(p.as_ref(), &setup.enc)?,
+                AlbefModel::Retrieval(r) => AlbefRetrievalEval::new(r.as_ref(), &setup.enc)?,
+                _ => unreachable!("matched above"),
             };
             let mut lc = LoaderConfig::new(bs);
             lc.num_workers = setup.num_workers;

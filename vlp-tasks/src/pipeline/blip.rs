@@ -81,22 +81,6 @@ pub fn blip_preset(preset: Preset) -> BlipConfig {
     c
 }
 
-fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) if slot.is_object() && v.is_object() => merge(slot, v),
-                    _ => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (b, o) => *b = o,
-    }
-}
-
 fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
     VlpError::Config {
         path: path.to_path_buf(),
@@ -109,39 +93,9 @@ fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
 /// `data.image_size`. Errors name `model.config`.
 pub fn blip_config(exp: &ExperimentConfig) -> Result<BlipConfig> {
     let src = &exp.source;
-    let mut v = serde_json::to_value(blip_preset(exp.model.preset))
+    let v = serde_json::to_value(blip_preset(exp.model.preset))
         .map_err(|e| VlpError::Msg(format!("blip preset: {e}")))?;
-    let over: Option<serde_json::Value> = match &exp.model.config {
-        None | Some(serde_yaml::Value::Null) => None,
-        Some(serde_yaml::Value::String(p)) => {
-            let p = PathBuf::from(p);
-            let p = if p.is_relative() {
-                src.parent().unwrap_or(Path::new("")).join(p)
-            } else {
-                p
-            };
-            if !p.is_file() {
-                return Err(cfg_err(
-                    src,
-                    format!("field `model.config`: file not found: {}", p.display()),
-                ));
-            }
-            Some(vlp_core::config::load_config(&p)?)
-        }
-        Some(m @ serde_yaml::Value::Mapping(_)) => Some(
-            serde_json::to_value(m)
-                .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?,
-        ),
-        Some(_) => {
-            return Err(cfg_err(
-                src,
-                "field `model.config`: expected a file path or a mapping of overrides",
-            ))
-        }
-    };
-    if let Some(o) = over {
-        merge(&mut v, o);
-    }
+    let v = super::config::merged_model_config(exp, v)?;
     let mut c = BlipConfig::from_json(&v)
         .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?;
     if let Some(size) = exp.data.image_size {

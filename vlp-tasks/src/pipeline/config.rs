@@ -271,6 +271,65 @@ pub struct ExperimentConfig {
     pub source: PathBuf,
 }
 
+/// Merges `over` into `base` key by key (nested mappings merged, anything else replaced).
+pub fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_object() && v.is_object() => merge_json(slot, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// A model's config as JSON: `preset` with the experiment's `model.config` merged over it (a
+/// file path relative to the experiment file, or an inline mapping). Errors name
+/// `model.config` and the experiment file.
+pub fn merged_model_config(
+    exp: &ExperimentConfig,
+    mut preset: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let src = &exp.source;
+    let over: Option<serde_json::Value> = match &exp.model.config {
+        None | Some(serde_yaml::Value::Null) => None,
+        Some(serde_yaml::Value::String(p)) => {
+            let p = PathBuf::from(p);
+            let p = if p.is_relative() {
+                src.parent().unwrap_or(Path::new("")).join(p)
+            } else {
+                p
+            };
+            if !p.is_file() {
+                return Err(cfg_err(
+                    src,
+                    format!("field `model.config`: file not found: {}", p.display()),
+                ));
+            }
+            Some(vlp_core::config::load_config(&p)?)
+        }
+        Some(m @ serde_yaml::Value::Mapping(_)) => Some(
+            serde_json::to_value(m)
+                .map_err(|e| cfg_err(src, format!("field `model.config`: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(cfg_err(
+                src,
+                "field `model.config`: expected a file path or a mapping of overrides",
+            ))
+        }
+    };
+    if let Some(o) = over {
+        merge_json(&mut preset, o);
+    }
+    Ok(preset)
+}
+
 fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
     VlpError::Config {
         path: path.to_path_buf(),
