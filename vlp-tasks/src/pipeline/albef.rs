@@ -569,7 +569,7 @@ pub fn transform(exp: &ExperimentConfig, cfg: &AlbefConfig, train: bool) -> Resu
     ImageTransform::new(c)
 }
 
-fn read_opts(exp: &ExperimentConfig) -> ReadOptions {
+pub(crate) fn read_opts(exp: &ExperimentConfig) -> ReadOptions {
     ReadOptions::new(exp.image_root()).skipping(exp.data.skip_bad_samples)
 }
 
@@ -579,7 +579,7 @@ fn prep(exp: &ExperimentConfig) -> TextPrep {
     }
 }
 
-fn need_files(exp: &ExperimentConfig, split: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn need_files(exp: &ExperimentConfig, split: &str) -> Result<Vec<PathBuf>> {
     let files = exp.split_files(split);
     if files.is_empty() {
         return Err(cfg_err(
@@ -593,14 +593,14 @@ fn need_files(exp: &ExperimentConfig, split: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn easy_vqa(exp: &ExperimentConfig) -> Result<EasyVqa> {
+pub(crate) fn easy_vqa(exp: &ExperimentConfig) -> Result<EasyVqa> {
     match &exp.data.root {
         Some(r) => EasyVqa::open(r),
         None => EasyVqa::package(),
     }
 }
 
-fn read_vqa(exp: &ExperimentConfig, files: &[PathBuf]) -> Result<Vec<VqaQuestion>> {
+pub(crate) fn read_vqa(exp: &ExperimentConfig, files: &[PathBuf]) -> Result<Vec<VqaQuestion>> {
     let mut out = Vec::new();
     for f in files {
         out.extend(vqa_data::read_albef(f, &read_opts(exp), None)?.items);

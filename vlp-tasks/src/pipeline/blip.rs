@@ -8,8 +8,9 @@
 //!
 //! The data sets, batches and evaluation data are ALBEF's ([`super::albef`]) built with BLIP's
 //! text cleaning (`TextPrep::Blip`).
+use super::albef::{easy_vqa, need_files, read_opts, read_vqa};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -31,12 +32,12 @@ use vlp_models::VlpModel;
 
 use super::albef::{resolve_init, AlbefBatch, AnyDataset, AnySample, EvalData};
 use super::config::{ExperimentConfig, InitMode, Preset, Task};
-use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, Split as EasySplit};
+use crate::data::easy_vqa::{EasyVqaDataset, Split as EasySplit};
 use crate::data::karpathy::{self, CaptionDataset, RetrievalGallery};
 use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
 use crate::data::nlvr2::{self, Nlvr2Dataset};
 use crate::data::vqa::{self as vqa_data, VqaDataset, VqaQuestion};
-use crate::data::{ReadOptions, TextPrep};
+use crate::data::TextPrep;
 use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig, RetrievalModel};
 use crate::metrics::caption::caption_metrics;
 use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
@@ -445,43 +446,10 @@ pub fn transform(exp: &ExperimentConfig, size: i64, train: bool) -> Result<Image
     })
 }
 
-fn read_opts(exp: &ExperimentConfig) -> ReadOptions {
-    ReadOptions::new(exp.image_root()).skipping(exp.data.skip_bad_samples)
-}
-
 fn prep(exp: &ExperimentConfig) -> TextPrep {
     TextPrep::Blip {
         max_words: exp.data.max_words,
     }
-}
-
-fn need_files(exp: &ExperimentConfig, split: &str) -> Result<Vec<PathBuf>> {
-    let files = exp.split_files(split);
-    if files.is_empty() {
-        return Err(cfg_err(
-            &exp.source,
-            format!(
-                "field `data.{split}_file`: no annotation file for task `{}`",
-                exp.data.task.name()
-            ),
-        ));
-    }
-    Ok(files)
-}
-
-fn easy_vqa(exp: &ExperimentConfig) -> Result<EasyVqa> {
-    match &exp.data.root {
-        Some(r) => EasyVqa::open(r),
-        None => EasyVqa::package(),
-    }
-}
-
-fn read_vqa(exp: &ExperimentConfig, files: &[PathBuf]) -> Result<Vec<VqaQuestion>> {
-    let mut out = Vec::new();
-    for f in files {
-        out.extend(vqa_data::read_albef(f, &read_opts(exp), None)?.items);
-    }
-    Ok(out)
 }
 
 /// Whether `variant` can be trained / evaluated on `task`.
