@@ -1368,3 +1368,66 @@ fn seven_distinct_captions_when_asked() {
         assert_eq!(distinct.len(), 7, "{:?}", r.captions);
     }
 }
+
+/// The (colour, shape) pairs named in a text, in order ("a red circle", "a large red circle").
+fn colour_shapes(text: &str) -> Vec<(Colour, Shape)> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let mut out = Vec::new();
+    for w in words.windows(2) {
+        let c = Colour::ALL.iter().find(|c| c.name() == w[0]);
+        let s = Shape::ALL.iter().find(|s| s.name() == w[1]);
+        if let (Some(c), Some(s)) = (c, s) {
+            out.push((*c, *s));
+        }
+    }
+    out
+}
+
+#[test]
+fn region_descriptions_are_true_of_the_hand_scene() {
+    use vlp_tasks::shapes::captions::{region_descriptions, MAX_REGION_TEXTS};
+    use vlp_tasks::shapes::rng::{Purpose, Stream};
+    let s = hand_scene();
+    let find = |c: Colour, sh: Shape| {
+        let m = s.matching(&Ref::colour_shape(c, sh));
+        assert_eq!(m.len(), 1, "{c:?} {sh:?} is not one object of the hand scene");
+        m[0]
+    };
+    let mut seen_relation = 0;
+    let mut seen_count = 0;
+    for i in 0..200 {
+        let texts = region_descriptions(&s, &mut Stream::new(7, Purpose::RegionTexts, 0, i));
+        let again = region_descriptions(&s, &mut Stream::new(7, Purpose::RegionTexts, 0, i));
+        assert_eq!(texts, again, "deterministic per stream");
+        assert!(!texts.is_empty() && texts.len() <= MAX_REGION_TEXTS, "{texts:?}");
+        let distinct: BTreeSet<&String> = texts.iter().collect();
+        assert_eq!(distinct.len(), texts.len(), "{texts:?}");
+        for t in &texts {
+            let pairs = colour_shapes(t);
+            for &(c, sh) in &pairs {
+                find(c, sh);
+            }
+            for rel in Relation::ALL {
+                if t.contains(&format!(" {} ", rel.long_phrase())) {
+                    assert_eq!(pairs.len(), 2, "{t}");
+                    let (a, b) = (find(pairs[0].0, pairs[0].1), find(pairs[1].0, pairs[1].1));
+                    assert_eq!(s.relation(a, b, rel), Some(true), "{t}");
+                    seen_relation += 1;
+                }
+            }
+            match t.as_str() {
+                "five shapes" | "two circles" | "one square" | "one triangle" | "one star" => {
+                    seen_count += 1
+                }
+                t if t.ends_with(" shapes") || t.starts_with("one ") => {
+                    panic!("wrong count: {t}")
+                }
+                _ => {}
+            }
+            if let Some(c) = t.strip_prefix("a ").and_then(|r| r.strip_suffix(" shape")) {
+                assert!(s.objects.iter().any(|o| o.colour.name() == c), "{t}");
+            }
+        }
+    }
+    assert!(seen_relation > 100 && seen_count > 100, "{seen_relation} {seen_count}");
+}

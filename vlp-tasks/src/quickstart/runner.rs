@@ -219,7 +219,16 @@ impl<'a> Ctx<'a> {
             Some(k) => (k.task(), k.variant()),
         };
         let (root, train, val, answers) = match task {
-            Task::Pretrain => (&self.shapes, one("pretrain.json"), none(), None),
+            Task::Pretrain => {
+                let mut files = vec![PathBuf::from("pretrain.json")];
+                if self.plan.pretrain_regions {
+                    files.push(PathBuf::from("pretrain_regions.json"));
+                }
+                if self.plan.pretrain_easy_vqa && self.easy.is_some() {
+                    files.push(self.out.join(EASY_VQA_PRETRAIN_FILE));
+                }
+                (&self.shapes, Files::Many(files), none(), None)
+            }
             Task::Retrieval => (
                 &self.shapes,
                 one("retrieval_train.json"),
@@ -436,8 +445,14 @@ impl<'a> Ctx<'a> {
         Ok((trainable, outcome))
     }
 
-    /// Pre-trains on the Shapes captions; the run directory is `<out>/pretrain`.
+    /// Pre-trains on the Shapes captions (with `pretrain_regions` their region descriptions,
+    /// with `pretrain_easy_vqa` captions of easy-VQA's training images); the run directory is
+    /// `<out>/pretrain`.
     pub fn pretrain(&self) -> Result<PretrainResult> {
+        if let (true, Some(easy)) = (self.plan.pretrain_easy_vqa, &self.easy) {
+            let n = write_easy_vqa_pretrain(&self.out.join(EASY_VQA_PRETRAIN_FILE), easy)?;
+            println!("        + captions of {n} easy-VQA training images ({EASY_VQA_PRETRAIN_FILE})");
+        }
         let exp = self.experiment(None, &self.plan.pretrain, "pretrain", None)?;
         let (_, outcome) = self.train(&exp, "pretrain")?;
         let first = outcome.history.first();
@@ -533,6 +548,97 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The pre-training captions of easy-VQA's training images (in the run directory).
+pub const EASY_VQA_PRETRAIN_FILE: &str = "pretrain_easy_vqa.json";
+
+/// The colour and shape of each easy-VQA image as its questions and answers state them: the
+/// answer of a "what" question, the colour or shape named by any question (those of a yes/no
+/// question only when its answer says the thing is present: "yes", or "no" to a negated
+/// question such as "is there not a red shape?"). Images without either are left out.
+pub fn easy_vqa_attributes(
+    questions: &[crate::data::easy_vqa::EasyVqaQuestion],
+    answers: &[String],
+) -> BTreeMap<PathBuf, (Option<String>, Option<String>)> {
+    let kind = |w: &str| {
+        answers
+            .iter()
+            .any(|a| a.as_str() == w)
+            .then(|| easy_vqa_answer_type(w))
+            .filter(|t| *t != "yes/no")
+    };
+    let mut out: BTreeMap<PathBuf, (Option<String>, Option<String>)> = BTreeMap::new();
+    for q in questions {
+        let words = basic_words(&q.question);
+        let negated = words.iter().any(|w| w == "not" || w == "no");
+        let states = match q.answer.as_str() {
+            "yes" => !negated,
+            "no" => negated,
+            _ => true,
+        };
+        let mut named: Vec<&str> = Vec::new();
+        if states {
+            named.extend(words.iter().map(String::as_str));
+        }
+        if q.answer != "yes" && q.answer != "no" {
+            named.push(q.answer.as_str());
+        }
+        let e = out.entry(q.image.clone()).or_default();
+        for w in named {
+            match kind(w) {
+                Some("color") => e.0 = Some(w.to_string()),
+                Some("shape") => e.1 = Some(w.to_string()),
+                _ => {}
+            }
+        }
+    }
+    out.retain(|_, (c, s)| c.is_some() || s.is_some());
+    out
+}
+
+/// Captions of an easy-VQA image from its colour and shape ("a red circle", "there is a red
+/// circle", "a circle", "a red shape"; only what is known).
+pub fn easy_vqa_captions(colour: Option<&str>, shape: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    if let (Some(c), Some(s)) = (colour, shape) {
+        out.push(format!("a {c} {s}"));
+        out.push(format!("there is a {c} {s}"));
+        out.push(format!("the image contains a {c} {s}"));
+    }
+    if let Some(s) = shape {
+        out.push(format!("a {s}"));
+    }
+    if let Some(c) = colour {
+        out.push(format!("a {c} shape"));
+    }
+    out
+}
+
+/// Writes captions of easy-VQA's training images ([`easy_vqa_attributes`],
+/// [`easy_vqa_captions`]) as a pre-training caption file, image paths absolute: in-domain
+/// image–text pairs of the downstream training images, as COCO's captions of the VQA training
+/// images are part of ALBEF's pre-training data. Returns the number of images.
+pub fn write_easy_vqa_pretrain(path: &Path, easy: &Path) -> Result<usize> {
+    let ds = crate::data::easy_vqa::EasyVqa::open(easy)?;
+    let questions = ds.read(crate::data::easy_vqa::Split::Train, false)?.items;
+    let attrs = easy_vqa_attributes(&questions, ds.answers.answers());
+    let entries: Vec<serde_json::Value> = attrs
+        .iter()
+        .map(|(image, (c, s))| {
+            serde_json::json!({
+                "image": image,
+                "caption": easy_vqa_captions(c.as_deref(), s.as_deref()),
+            })
+        })
+        .collect();
+    crate::train::checkpoint::write_atomic(
+        path,
+        serde_json::to_string(&entries)
+            .map_err(|e| VlpError::Msg(e.to_string()))?
+            .as_bytes(),
+    )?;
+    Ok(entries.len())
+}
+
 /// Ids of bert-base-uncased's special tokens, kept in the small vocabulary so that every
 /// default (`SpecialTokens::default()`, `pad_token_id`) stays right.
 const SPECIALS: [(usize, &str); 5] = [
@@ -584,6 +690,7 @@ pub fn basic_words(text: &str) -> Vec<String> {
 pub fn write_vocab(path: &Path, shapes: &Path, easy: Option<&Path>) -> Result<usize> {
     let mut files: Vec<PathBuf> = [
         "pretrain.json",
+        "pretrain_regions.json",
         "retrieval_train.json",
         "vqa_train.json",
         "nlvr2_train.json",
@@ -823,5 +930,51 @@ impl DeviceOf for AlbefVqa {
     fn visual_encoder_device(&self) -> Device {
         use vlp_models::VlpModel;
         self.var_store().device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::easy_vqa::EasyVqaQuestion;
+
+    fn q(image: &str, question: &str, answer: &str) -> EasyVqaQuestion {
+        EasyVqaQuestion {
+            question: question.into(),
+            answer: answer.into(),
+            label: 0,
+            image_id: 0,
+            image: PathBuf::from(image),
+        }
+    }
+
+    #[test]
+    fn easy_vqa_attributes_follow_the_answers_and_negations() {
+        let answers: Vec<String> = ["yes", "no", "red", "blue", "circle", "rectangle"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let qs = [
+            // stated by a "what" question: the answer and the attribute it names
+            q("a.png", "what is the blue shape?", "rectangle"),
+            // absent: says nothing about what is there
+            q("b.png", "does the image contain a circle?", "no"),
+            q("b.png", "is there not a red shape?", "no"),
+            q("c.png", "is there a circle in the image?", "yes"),
+            q("c.png", "does the image not contain a red shape?", "yes"),
+            q("d.png", "is there a red shape?", "no"),
+        ];
+        let a = easy_vqa_attributes(&qs, &answers);
+        let get = |p: &str| a.get(Path::new(p)).cloned();
+        let s = |x: &str| Some(x.to_string());
+        assert_eq!(get("a.png"), Some((s("blue"), s("rectangle"))));
+        assert_eq!(get("b.png"), Some((s("red"), None)));
+        assert_eq!(get("c.png"), Some((None, s("circle"))));
+        assert_eq!(get("d.png"), None, "nothing stated: left out");
+        assert_eq!(
+            easy_vqa_captions(Some("red"), None),
+            vec!["a red shape".to_string()]
+        );
+        assert_eq!(easy_vqa_captions(Some("red"), Some("circle"))[0], "a red circle");
     }
 }

@@ -242,3 +242,67 @@ pub fn captions(scene: &Scene, count: usize, rng: &mut Stream) -> Vec<String> {
     out.truncate(count);
     out
 }
+
+/// Most region descriptions per image.
+pub const MAX_REGION_TEXTS: usize = 8;
+
+/// Short descriptions of parts of a scene, as Visual Genome's region descriptions that ALBEF
+/// pre-trains on (`vg.json`): one phrase per object (its full or colour-and-shape noun phrase,
+/// possibly with its position, or only its colour or shape), up to two true relations and a
+/// count; at most [`MAX_REGION_TEXTS`], distinct, in random order. Unlike [`captions`], none has
+/// to describe the whole scene: downstream texts (hypotheses, statements, questions) are partial
+/// too, and a model pre-trained only on full descriptions rejects every partial text.
+pub fn region_descriptions(scene: &Scene, rng: &mut Stream) -> Vec<String> {
+    let n = scene.objects.len();
+    let mut out: Vec<String> = Vec::new();
+    for i in 0..n {
+        let o = &scene.objects[i];
+        let options = [
+            full_np(scene, i),
+            format!("{} {}", cs_np(scene, i), at_region(scene.region(i))),
+            format!("there is {}", cs_np(scene, i)),
+            cs_np(scene, i),
+            format!("a {} shape", o.colour.name()),
+            Ref::shape(o.shape).indefinite(),
+            format!("{} {}", full_np(scene, i), at_region(scene.region(i))),
+        ];
+        out.push(rng.pick(&options).clone());
+    }
+    let mut pairs: Vec<(usize, usize, Relation)> = Vec::new();
+    for a in 0..n {
+        for b in 0..n {
+            for rel in Relation::ALL {
+                if a != b && scene.relation(a, b, rel) == Some(true) {
+                    pairs.push((a, b, rel));
+                }
+            }
+        }
+    }
+    rng.shuffle(&mut pairs);
+    for &(a, b, rel) in pairs.iter().take(2) {
+        out.push(format!(
+            "{} {} {}",
+            cs_np(scene, a),
+            rel.long_phrase(),
+            cs_np(scene, b)
+        ));
+    }
+    let shape = scene.objects[rng.below(n)].shape;
+    let k = scene.count(&Ref::shape(shape));
+    out.push(if rng.chance(0.5) {
+        format!("{} shapes", number_word(n))
+    } else if k == 1 {
+        format!("one {}", shape.name())
+    } else {
+        format!("{} {}", number_word(k), shape.plural())
+    });
+    let mut uniq: Vec<String> = Vec::new();
+    for t in out {
+        if !uniq.contains(&t) {
+            uniq.push(t);
+        }
+    }
+    rng.shuffle(&mut uniq);
+    uniq.truncate(MAX_REGION_TEXTS);
+    uniq
+}

@@ -46,7 +46,7 @@ use std::time::Instant;
 use vlp_core::error::{Result, VlpError};
 
 /// Format version of the generated data set (recorded in `shapes.json`).
-pub const SHAPES_VERSION: u32 = 1;
+pub const SHAPES_VERSION: u32 = 2;
 
 /// Generator configuration. Every field has a default; unknown fields are rejected.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -274,6 +274,8 @@ pub struct ImageRecord {
     pub scene: Scene,
     /// Captions (the first describes every object).
     pub captions: Vec<String>,
+    /// Region descriptions (short partial texts, [`captions::region_descriptions`]).
+    pub region_texts: Vec<String>,
     /// VQA items.
     pub vqa: Vec<VqaItem>,
     /// SNLI-VE hypotheses and their labels.
@@ -290,6 +292,8 @@ pub fn build_image(cfg: &ShapesConfig, split: Split, index: usize) -> ImageRecor
         cfg.captions_per_image,
         &mut stream(Purpose::Captions),
     );
+    let region_texts =
+        captions::region_descriptions(&scene, &mut stream(Purpose::RegionTexts));
     let mut qrng = stream(Purpose::Vqa);
     let vqa = vqa::questions(&scene, cfg.questions_per_image, &mut qrng)
         .into_iter()
@@ -317,6 +321,7 @@ pub fn build_image(cfg: &ShapesConfig, split: Split, index: usize) -> ImageRecor
         regions_file: format!("regions/{}_{image_id}.safetensors", split.name()),
         scene,
         captions,
+        region_texts,
         vqa,
         ve,
     }
@@ -681,6 +686,16 @@ pub fn generate(cfg: &ShapesConfig, out: &Path) -> Result<ShapesSummary> {
                     .map(|r| PretrainEntry {
                         image: r.image.clone(),
                         caption: r.captions.clone(),
+                    })
+                    .collect();
+                w.json(p, &v)
+            })?;
+            emit("pretrain_regions.json".into(), &|p| {
+                let v: Vec<PretrainEntry> = records
+                    .iter()
+                    .map(|r| PretrainEntry {
+                        image: r.image.clone(),
+                        caption: r.region_texts.clone(),
                     })
                     .collect();
                 w.json(p, &v)

@@ -30,6 +30,8 @@ pub enum Purpose {
     Projection = 8,
     /// Background colour of an image (`light_backgrounds`).
     Background = 9,
+    /// Region descriptions (`pretrain_regions.json`).
+    RegionTexts = 10,
 }
 
 /// One deterministic random stream.
