@@ -87,6 +87,25 @@ fn quickstart_runs_end_to_end_above_chance() {
     let ve = &s.tasks["ve"];
     let best = ve.from_scratch.unwrap().max(ve.pretrained.unwrap());
     assert!(best > ve.chance + 3.0, "{table}");
+    // Pre-training reads the region descriptions besides the full captions.
+    std::fs::create_dir_all(tmp.join("ctx")).unwrap();
+    let ctx = vlp_tasks::quickstart::runner::Ctx::new(
+        &plan,
+        &tmp.join("ctx"),
+        &tmp.join("shapes"),
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    let exp = ctx.experiment(None, &plan.pretrain, "p", None).unwrap();
+    let files = exp.split_files("train");
+    assert!(
+        files.iter().any(|f| f.ends_with("pretrain.json"))
+            && files
+                .iter()
+                .any(|f| f.ends_with("pretrain_regions.json") && f.is_file()),
+        "{files:?}"
+    );
     // A second run reuses the generated Shapes data.
     assert!(!vlp_tasks::quickstart::ensure_shapes(&plan.shapes, &tmp.join("shapes")).unwrap());
     let _ = std::fs::remove_dir_all(&tmp);

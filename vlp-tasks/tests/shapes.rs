@@ -1390,7 +1390,11 @@ fn region_descriptions_are_true_of_the_hand_scene() {
     let s = hand_scene();
     let find = |c: Colour, sh: Shape| {
         let m = s.matching(&Ref::colour_shape(c, sh));
-        assert_eq!(m.len(), 1, "{c:?} {sh:?} is not one object of the hand scene");
+        assert_eq!(
+            m.len(),
+            1,
+            "{c:?} {sh:?} is not one object of the hand scene"
+        );
         m[0]
     };
     let mut seen_relation = 0;
@@ -1399,7 +1403,10 @@ fn region_descriptions_are_true_of_the_hand_scene() {
         let texts = region_descriptions(&s, &mut Stream::new(7, Purpose::RegionTexts, 0, i));
         let again = region_descriptions(&s, &mut Stream::new(7, Purpose::RegionTexts, 0, i));
         assert_eq!(texts, again, "deterministic per stream");
-        assert!(!texts.is_empty() && texts.len() <= MAX_REGION_TEXTS, "{texts:?}");
+        assert!(
+            !texts.is_empty() && texts.len() <= MAX_REGION_TEXTS,
+            "{texts:?}"
+        );
         let distinct: BTreeSet<&String> = texts.iter().collect();
         assert_eq!(distinct.len(), texts.len(), "{texts:?}");
         for t in &texts {
@@ -1429,5 +1436,8 @@ fn region_descriptions_are_true_of_the_hand_scene() {
             }
         }
     }
-    assert!(seen_relation > 100 && seen_count > 100, "{seen_relation} {seen_count}");
+    assert!(
+        seen_relation > 100 && seen_count > 100,
+        "{seen_relation} {seen_count}"
+    );
 }

@@ -451,7 +451,9 @@ impl<'a> Ctx<'a> {
     pub fn pretrain(&self) -> Result<PretrainResult> {
         if let (true, Some(easy)) = (self.plan.pretrain_easy_vqa, &self.easy) {
             let n = write_easy_vqa_pretrain(&self.out.join(EASY_VQA_PRETRAIN_FILE), easy)?;
-            println!("        + captions of {n} easy-VQA training images ({EASY_VQA_PRETRAIN_FILE})");
+            println!(
+                "        + captions of {n} easy-VQA training images ({EASY_VQA_PRETRAIN_FILE})"
+            );
         }
         let exp = self.experiment(None, &self.plan.pretrain, "pretrain", None)?;
         let (_, outcome) = self.train(&exp, "pretrain")?;
@@ -975,6 +977,9 @@ mod tests {
             easy_vqa_captions(Some("red"), None),
             vec!["a red shape".to_string()]
         );
-        assert_eq!(easy_vqa_captions(Some("red"), Some("circle"))[0], "a red circle");
+        assert_eq!(
+            easy_vqa_captions(Some("red"), Some("circle"))[0],
+            "a red circle"
+        );
     }
 }

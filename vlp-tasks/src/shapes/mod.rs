@@ -292,8 +292,7 @@ pub fn build_image(cfg: &ShapesConfig, split: Split, index: usize) -> ImageRecor
         cfg.captions_per_image,
         &mut stream(Purpose::Captions),
     );
-    let region_texts =
-        captions::region_descriptions(&scene, &mut stream(Purpose::RegionTexts));
+    let region_texts = captions::region_descriptions(&scene, &mut stream(Purpose::RegionTexts));
     let mut qrng = stream(Purpose::Vqa);
     let vqa = vqa::questions(&scene, cfg.questions_per_image, &mut qrng)
         .into_iter()
