@@ -164,16 +164,7 @@ fn other_templates(scene: &Scene, rng: &mut Stream) -> Vec<String> {
         .collect();
     out.push(join(&groups));
     // A spatial relation between two objects, then the others.
-    let mut pairs: Vec<(usize, usize, Relation)> = Vec::new();
-    for a in 0..n {
-        for b in 0..n {
-            for rel in Relation::ALL {
-                if a != b && scene.relation(a, b, rel) == Some(true) {
-                    pairs.push((a, b, rel));
-                }
-            }
-        }
-    }
+    let pairs = true_relations(scene);
     if !pairs.is_empty() {
         let (a, b, rel) = *rng.pick(&pairs);
         let rest: Vec<String> = (0..n)
@@ -243,6 +234,22 @@ pub fn captions(scene: &Scene, count: usize, rng: &mut Stream) -> Vec<String> {
     out
 }
 
+/// Every `(a, b, relation)` of distinct objects that decidably holds, in object order.
+fn true_relations(scene: &Scene) -> Vec<(usize, usize, Relation)> {
+    let n = scene.objects.len();
+    let mut pairs = Vec::new();
+    for a in 0..n {
+        for b in 0..n {
+            for rel in Relation::ALL {
+                if a != b && scene.relation(a, b, rel) == Some(true) {
+                    pairs.push((a, b, rel));
+                }
+            }
+        }
+    }
+    pairs
+}
+
 /// Most region descriptions per image.
 pub const MAX_REGION_TEXTS: usize = 8;
 
@@ -268,16 +275,7 @@ pub fn region_descriptions(scene: &Scene, rng: &mut Stream) -> Vec<String> {
         ];
         out.push(rng.pick(&options).clone());
     }
-    let mut pairs: Vec<(usize, usize, Relation)> = Vec::new();
-    for a in 0..n {
-        for b in 0..n {
-            for rel in Relation::ALL {
-                if a != b && scene.relation(a, b, rel) == Some(true) {
-                    pairs.push((a, b, rel));
-                }
-            }
-        }
-    }
+    let mut pairs = true_relations(scene);
     rng.shuffle(&mut pairs);
     for &(a, b, rel) in pairs.iter().take(2) {
         out.push(format!(
