@@ -174,6 +174,91 @@ fn pretrain_finetune_eval_end_to_end() {
 }
 
 #[test]
+fn text_assignment_pretrains_from_albef_and_nlvr2_starts_from_it() {
+    let d = tmp("ta");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let pt = d.join("pretrain");
+    ok(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain.yaml",
+        "--set",
+        &root,
+        "--out",
+        pt.to_str().unwrap(),
+    ]);
+    let ta = d.join("ta");
+    ok(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain_nlvr.yaml",
+        "--set",
+        &root,
+        "--set",
+        &format!("model.init={}", pt.display()),
+        "--out",
+        ta.to_str().unwrap(),
+    ]);
+    let losses = train_losses(&ta);
+    assert_eq!(losses.len(), 4, "{losses:?}");
+    assert!(
+        losses.iter().all(|(_, l)| l.contains("\"ta\"")),
+        "{losses:?}"
+    );
+    let log = std::fs::read_to_string(ta.join("train.log")).unwrap();
+    assert!(log.contains("init: loaded"), "{log}");
+    assert!(ta.join("checkpoints/latest").is_file());
+
+    let nl = d.join("nlvr2");
+    ok(&[
+        "finetune",
+        "--config",
+        "configs/tiny/albef_nlvr2.yaml",
+        "--set",
+        &root,
+        "--set",
+        &format!("model.init={}", ta.display()),
+        "--out",
+        nl.to_str().unwrap(),
+    ]);
+    assert!(metrics_of(&nl).contains_key("acc"));
+    let log = std::fs::read_to_string(nl.join("train.log")).unwrap();
+    // Only the fresh classifier head is missing; the TA head and projections are left out.
+    assert!(
+        log.contains("init: loaded") && log.contains("unexpected 0 (ignored)"),
+        "{log}"
+    );
+
+    // Text assignment has no evaluation, and `vlp finetune` does not run it.
+    let err = fail(&[
+        "pretrain",
+        "--config",
+        "configs/tiny/albef_pretrain_nlvr.yaml",
+        "--set",
+        &root,
+        "--set",
+        "data.val_file=pretrain.json",
+        "--out",
+        d.join("bad").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("data.val_file") && err.contains("pretrain_nlvr"),
+        "{err}"
+    );
+    let err = fail(&[
+        "finetune",
+        "--config",
+        "configs/tiny/albef_pretrain_nlvr.yaml",
+        "--set",
+        &root,
+        "--out",
+        d.join("bad2").to_str().unwrap(),
+    ]);
+    assert!(err.contains("vlp pretrain"), "{err}");
+}
+
+#[test]
 fn kill_and_resume_reproduces_the_uninterrupted_run() {
     let d = tmp("resume");
     let data = shapes(&d);

@@ -87,6 +87,19 @@ fn quickstart_runs_end_to_end_above_chance() {
     let ve = &s.tasks["ve"];
     let best = ve.from_scratch.unwrap().max(ve.pretrained.unwrap());
     assert!(best > ve.chance + 3.0, "{table}");
+    // NLVR2's text assignment ran between pre-training and the pre-trained NLVR2 run, and that
+    // run started from its checkpoint.
+    let ta = out.join(vlp_tasks::quickstart::runner::NLVR2_TA_RUN);
+    let ta_log = std::fs::read_to_string(ta.join("metrics.jsonl")).unwrap();
+    assert!(ta_log.contains("\"ta\""), "{ta_log}");
+    assert_eq!(
+        s.tasks["nlvr2"].pretrained_from.as_deref(),
+        Some(ta.display().to_string().as_str())
+    );
+    assert_eq!(
+        s.tasks["ve"].pretrained_from.as_deref(),
+        Some(out.join("pretrain").display().to_string().as_str())
+    );
     // Pre-training reads the region descriptions besides the full captions.
     std::fs::create_dir_all(tmp.join("ctx")).unwrap();
     let ctx = vlp_tasks::quickstart::runner::Ctx::new(

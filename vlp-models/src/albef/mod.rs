@@ -13,6 +13,7 @@
 //! | `retrieval` | `models/model_retrieval.py:ALBEF` + `Retrieval.py:evaluation` | [`retrieval::AlbefRetrieval`] |
 //! | `vqa` | `models/model_vqa.py:ALBEF` (incl. `rank_answer`) | [`vqa::AlbefVqa`] |
 //! | `nlvr2` | `models/model_nlvr.py:ALBEF` | [`nlvr::AlbefNlvr`] |
+//! | `pretrain_nlvr` | `models/model_pretrain_nlvr.py:ALBEF` (NLVR2 text assignment) | [`nlvr_pretrain::AlbefNlvrPretrain`] |
 //! | `ve` | `models/model_ve.py:ALBEF` | [`ve::AlbefVe`] |
 //! | (`vqa_cls`, vlp-rs addition, not in the registry) | none: ViLT/VLMo-style classifier head on ALBEF's encoders | [`vqa_cls::AlbefVqaClassifier`] |
 //!
@@ -46,6 +47,7 @@ use vlp_core::layers::{layer_norm, linear, Activation};
 use vlp_core::{Result, VlpError};
 
 pub mod nlvr;
+pub mod nlvr_pretrain;
 pub mod pretrain;
 pub mod retrieval;
 pub mod ve;
@@ -53,6 +55,7 @@ pub mod vqa;
 pub mod vqa_cls;
 
 pub use nlvr::AlbefNlvr;
+pub use nlvr_pretrain::AlbefNlvrPretrain;
 pub use pretrain::AlbefPretrain;
 pub use retrieval::AlbefRetrieval;
 pub use ve::AlbefVe;
@@ -60,7 +63,14 @@ pub use vqa::AlbefVqa;
 pub use vqa_cls::AlbefVqaClassifier;
 
 /// The registry's variant names.
-pub const VARIANTS: &[&str] = &["pretrain", "retrieval", "vqa", "nlvr2", "ve"];
+pub const VARIANTS: &[&str] = &[
+    "pretrain",
+    "retrieval",
+    "vqa",
+    "nlvr2",
+    "pretrain_nlvr",
+    "ve",
+];
 
 /// The momentum of the fine-tuning classes (`model_vqa.py`, `model_nlvr.py`, `model_ve.py`
 /// hard-code `self.momentum = 0.995`; only pretraining and retrieval read `config['momentum']`).
@@ -740,6 +750,7 @@ pub fn build(
         "pretrain" => Box::new(AlbefPretrain::new(&cfg, device)?),
         "retrieval" => Box::new(AlbefRetrieval::new(&cfg, device)?),
         "nlvr2" => Box::new(AlbefNlvr::new(&cfg, device)?),
+        "pretrain_nlvr" => Box::new(AlbefNlvrPretrain::new(&cfg, device)?),
         "vqa" => Box::new(AlbefVqa::new(&cfg, device)?),
         "ve" => Box::new(AlbefVe::new(&cfg, device)?),
         other => {

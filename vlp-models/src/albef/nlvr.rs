@@ -38,6 +38,10 @@ pub const NLVR_PAIRS: MomentumPairs = &[
     ("cls_head.", "cls_head_m."),
 ];
 
+/// What a text-assignment checkpoint ([`super::AlbefNlvrPretrain`]) holds that this class
+/// lacks.
+pub const TA_ONLY_PREFIXES: &[&str] = &["ta_head.", "vision_proj.", "text_proj.", "temp"];
+
 /// Number of text layers of the NLVR2 model (forced by the official class).
 pub const NLVR_LAYERS: i64 = 18;
 
@@ -316,7 +320,7 @@ impl AlbefNlvr {
 /// `Pretrain_nlvr.py`'s conversion of a pretraining checkpoint: `bert.` removed from the text
 /// keys, and each fusion layer `n >= 6` of the 12-layer encoder replicated into layers
 /// `2(n-6)+6` and `2(n-6)+7` of the 18-layer one.
-fn replicate_pretrain_layers(sd: &mut StateDict, first: usize) -> Result<()> {
+pub(crate) fn replicate_pretrain_layers(sd: &mut StateDict, first: usize) -> Result<()> {
     let keys: Vec<String> = sd.keys().filter(|k| k.contains("bert.")).cloned().collect();
     for k in keys {
         let t = sd.remove(&k).expect("listed");
@@ -351,7 +355,8 @@ impl VlpModel for AlbefNlvr {
     /// one missing is filled from its partner. A pretraining checkpoint (`text_encoder.bert.*`)
     /// is converted as `Pretrain_nlvr.py` does (rename, fusion layer `n` → layers `2(n-6)+6` and
     /// `2(n-6)+7`), dropping the modules this class lacks; `cls_head(_m)` are then missing (load
-    /// with `LoadMode::Partial`, as the official `strict=False`).
+    /// with `LoadMode::Partial`, as the official `strict=False`). A text-assignment checkpoint
+    /// loads without its `ta_head`, projections and `temp` ([`TA_ONLY_PREFIXES`]).
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
@@ -359,6 +364,9 @@ impl VlpModel for AlbefNlvr {
             replicate_pretrain_layers(&mut sd, NlvrLayout::of(&self.cfg)?.first)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);
         }
+        // A text-assignment checkpoint (`pretrain_model_nlvr.pth`): what `NLVR.py`'s
+        // `strict=False` load leaves out.
+        drop_prefixes(&mut sd, TA_ONLY_PREFIXES);
         if self.momentum.is_none() {
             drop_prefixes(
                 &mut sd,

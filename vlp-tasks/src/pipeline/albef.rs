@@ -18,7 +18,8 @@ use vlp_models::albef::pretrain::{PretrainBatch, PretrainDraws};
 use vlp_models::albef::retrieval::RetrievalBatch;
 use vlp_models::albef::vqa::VqaTrainBatch;
 use vlp_models::albef::{
-    AlbefConfig, AlbefNlvr, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa, AlbefVqaClassifier,
+    AlbefConfig, AlbefNlvr, AlbefNlvrPretrain, AlbefPretrain, AlbefRetrieval, AlbefVe, AlbefVqa,
+    AlbefVqaClassifier,
 };
 use vlp_models::VlpModel;
 
@@ -112,12 +113,22 @@ pub enum AlbefModel {
     VqaCls(Box<AlbefVqaClassifier>),
     /// `nlvr2`.
     Nlvr2(Box<AlbefNlvr>),
+    /// `pretrain_nlvr`: NLVR2's text-assignment pre-training on image–text pairs.
+    PretrainNlvr(Box<AlbefNlvrPretrain>),
     /// `ve`.
     Ve(Box<AlbefVe>),
 }
 
 /// The variants the pipeline trains: the registry's five and `vqa_cls`.
-pub const PIPELINE_VARIANTS: &[&str] = &["pretrain", "retrieval", "vqa", "vqa_cls", "nlvr2", "ve"];
+pub const PIPELINE_VARIANTS: &[&str] = &[
+    "pretrain",
+    "pretrain_nlvr",
+    "retrieval",
+    "vqa",
+    "vqa_cls",
+    "nlvr2",
+    "ve",
+];
 
 impl AlbefModel {
     /// Builds `variant` on `device` (`vqa_cls` needs its answer vocabulary: use
@@ -161,6 +172,9 @@ impl AlbefModel {
             "retrieval" => AlbefModel::Retrieval(Box::new(AlbefRetrieval::new(cfg, device)?)),
             "vqa" => AlbefModel::Vqa(Box::new(AlbefVqa::new(cfg, device)?)),
             "nlvr2" => AlbefModel::Nlvr2(Box::new(AlbefNlvr::new(cfg, device)?)),
+            "pretrain_nlvr" => {
+                AlbefModel::PretrainNlvr(Box::new(AlbefNlvrPretrain::new(cfg, device)?))
+            }
             "ve" => AlbefModel::Ve(Box::new(AlbefVe::new(cfg, device)?)),
             other => {
                 return Err(VlpError::Unsupported {
@@ -181,6 +195,7 @@ impl AlbefModel {
             AlbefModel::Vqa(m) => m.as_ref(),
             AlbefModel::VqaCls(m) => m.as_ref(),
             AlbefModel::Nlvr2(m) => m.as_ref(),
+            AlbefModel::PretrainNlvr(m) => m.as_ref(),
             AlbefModel::Ve(m) => m.as_ref(),
         }
     }
@@ -193,6 +208,7 @@ impl AlbefModel {
             AlbefModel::Vqa(m) => m.as_mut(),
             AlbefModel::VqaCls(m) => m.as_mut(),
             AlbefModel::Nlvr2(m) => m.as_mut(),
+            AlbefModel::PretrainNlvr(m) => m.as_mut(),
             AlbefModel::Ve(m) => m.as_mut(),
         }
     }
@@ -205,6 +221,7 @@ impl AlbefModel {
             AlbefModel::Vqa(m) => m.train = train,
             AlbefModel::VqaCls(m) => m.train = train,
             AlbefModel::Nlvr2(m) => m.train = train,
+            AlbefModel::PretrainNlvr(m) => m.train = train,
             AlbefModel::Ve(m) => m.train = train,
         }
     }
@@ -217,6 +234,7 @@ impl AlbefModel {
             AlbefModel::Vqa(_) => "vqa",
             AlbefModel::VqaCls(_) => "vqa_cls",
             AlbefModel::Nlvr2(_) => "nlvr2",
+            AlbefModel::PretrainNlvr(_) => "pretrain_nlvr",
             AlbefModel::Ve(_) => "ve",
         }
     }
@@ -733,6 +751,7 @@ pub fn check_task(variant: &str, task: Task) -> Result<()> {
     let ok = matches!(
         (variant, task),
         ("pretrain", Task::Pretrain | Task::Retrieval)
+            | ("pretrain_nlvr", Task::Pretrain)
             | ("retrieval", Task::Retrieval | Task::Pretrain)
             | ("vqa" | "vqa_cls", Task::Vqa | Task::EasyVqa)
             | ("nlvr2", Task::Nlvr2)
@@ -786,7 +805,7 @@ impl Trainable for AlbefTrainable {
     }
 
     /// Pretraining returns `itc`, `itm`, `mlm` (those listed in `train.objectives`, all when it
-    /// is empty), retrieval `itc`, `itm`, VQA `vqa`, NLVR2 `nlvr2`, SNLI-VE `ve`.
+    /// is empty), text assignment `ta`, retrieval `itc`, `itm`, VQA `vqa`, NLVR2 `nlvr2`, SNLI-VE `ve`.
     fn train_step(&mut self, batch: &AlbefBatch, ctx: &StepContext<'_>) -> Result<LossTerms> {
         let dev = ctx.device;
         let alpha = self.alpha * ctx.warmup_ramp();
@@ -825,6 +844,22 @@ impl Trainable for AlbefTrainable {
                         lt.push(name, loss);
                     }
                 }
+            }
+            (
+                AlbefModel::PretrainNlvr(m),
+                AlbefBatch::Pairs {
+                    image,
+                    input_ids,
+                    attention_mask,
+                    ..
+                },
+            ) => {
+                let out = m.forward(
+                    &image.to_device(dev),
+                    &input_ids.to_device(dev),
+                    &attention_mask.to_device(dev),
+                )?;
+                lt.push("ta", out.loss);
             }
             (
                 AlbefModel::Retrieval(m),

@@ -83,6 +83,9 @@ fn cfg_err(path: &Path, msg: impl Into<String>) -> VlpError {
 /// Models the pipeline trains and evaluates.
 pub const PIPELINE_MODELS: &[&str] = &["albef", "blip"];
 
+/// The variants `vlp pretrain` trains (`pretrain_nlvr`: ALBEF's NLVR2 text assignment).
+pub const PRETRAIN_VARIANTS: &[&str] = &["pretrain", "pretrain_nlvr"];
+
 /// Checks that the pipeline can run `model.name` / `model.variant` for `cmd`.
 pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
     let src = &exp.source;
@@ -126,14 +129,14 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
         ));
     }
     match cmd {
-        Command::Pretrain if v != "pretrain" => {
+        Command::Pretrain if !PRETRAIN_VARIANTS.contains(&v) => {
             return Err(cfg_err(
                 src,
-                format!("field `model.variant`: `vlp pretrain` trains the `pretrain` variant, not `{v}` (use `vlp finetune`)"),
+                format!("field `model.variant`: `vlp pretrain` trains the pre-training variants ({}), not `{v}` (use `vlp finetune`)", PRETRAIN_VARIANTS.join(", ")),
             ))
         }
-        Command::Finetune if v == "pretrain" => {
-            let others: Vec<&str> = variants.iter().copied().filter(|x| *x != "pretrain").collect();
+        Command::Finetune if PRETRAIN_VARIANTS.contains(&v) => {
+            let others: Vec<&str> = variants.iter().copied().filter(|x| !PRETRAIN_VARIANTS.contains(x)).collect();
             return Err(cfg_err(
                 src,
                 format!(
@@ -149,7 +152,14 @@ pub fn check_model(exp: &ExperimentConfig, cmd: Command) -> Result<()> {
     } else {
         check_task(v, exp.data.task)
     };
-    checked.map_err(|e| cfg_err(src, e.to_string()))
+    checked.map_err(|e| cfg_err(src, e.to_string()))?;
+    if v == "pretrain_nlvr" && has_eval_split(exp) {
+        return Err(cfg_err(
+            src,
+            "field `data.val_file`: `pretrain_nlvr` (text assignment) has no evaluation; leave the validation split out",
+        ));
+    }
+    Ok(())
 }
 
 /// The experiment as written into a run directory: the model config resolved inline and

@@ -34,6 +34,10 @@ pub struct TaskSummary {
     /// Every metric of the pre-trained run.
     #[serde(default)]
     pub pretrained_details: BTreeMap<String, f64>,
+    /// The run directory the pre-trained run started from (the pre-training run; NLVR2's
+    /// text-assignment run when the plan has one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained_from: Option<String>,
     /// Optimizer steps of each fine-tuning run.
     pub steps: u64,
     /// Wall time of the task (both runs and their evaluations), seconds.

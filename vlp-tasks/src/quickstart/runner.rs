@@ -467,6 +467,27 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// NLVR2's text-assignment pre-training (ALBEF's `Pretrain_nlvr.py`, variant
+    /// `pretrain_nlvr`) on the Shapes captions, from the pre-training run `init`; the run
+    /// directory is `<out>/nlvr2-ta`, which the pre-trained NLVR2 run then starts from.
+    pub fn text_assignment(&self, stage: &Stage, init: &Path) -> Result<PathBuf> {
+        let mut exp = self.experiment(None, stage, NLVR2_TA_RUN, Some(init))?;
+        exp.model.variant = "pretrain_nlvr".into();
+        exp.train.objectives.clear();
+        exp.validate()?;
+        let (_, outcome) = self.train(&exp, NLVR2_TA_RUN)?;
+        let term = |r: Option<&crate::train::trainer::StepRecord>| {
+            r.and_then(|r| r.terms.get("ta").copied())
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "        ta {:.3} -> {:.3} (chance ln 3 = 1.099)",
+            term(outcome.history.first()),
+            term(outcome.history.last())
+        );
+        Ok(self.out.join(NLVR2_TA_RUN))
+    }
+
     /// Fine-tunes `kind` (from `init`, a run directory, or from scratch) and evaluates it on the
     /// validation split (easy-VQA: its test split).
     pub fn finetune(&self, kind: TaskKind, init: Option<&Path>) -> Result<RunResult> {
@@ -549,6 +570,9 @@ impl<'a> Ctx<'a> {
         })
     }
 }
+
+/// The run directory (under `--out`) of NLVR2's text-assignment pre-training.
+pub const NLVR2_TA_RUN: &str = "nlvr2-ta";
 
 /// The pre-training captions of easy-VQA's training images (in the run directory).
 pub const EASY_VQA_PRETRAIN_FILE: &str = "pretrain_easy_vqa.json";
