@@ -1165,6 +1165,7 @@ fn albef_recipes_use_the_albef_schedule() {
         ("retrieval_flickr.yaml", 10, 1, 1e-5, 1e-6),
         ("vqa.yaml", 8, 4, 2e-5, 1e-6),
         ("nlvr.yaml", 10, 1, 2e-5, 1e-6),
+        ("pretrain_nlvr.yaml", 1, 1, 2e-5, 1e-5),
         ("ve.yaml", 5, 1, 2e-5, 1e-6),
     ] {
         let exp = ExperimentConfig::parse(root.join(file), &[]).unwrap();
