@@ -162,6 +162,29 @@ pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig, layout: NlvrLayout) -> 
     )
 }
 
+/// The NLVR2 encoder's text states for text `[B, L]` against image states `image0` and
+/// `image1` (`[B, 1+N, D]` each; fusion layers alternate between them), no image mask.
+pub(crate) fn two_image_states(
+    bert: &AlbefBert,
+    ids: &Tensor,
+    mask: &Tensor,
+    image0: &Tensor,
+    image1: &Tensor,
+    train: bool,
+) -> Tensor {
+    let cross = [
+        CrossInput {
+            states: image0,
+            mask: None,
+        },
+        CrossInput {
+            states: image1,
+            mask: None,
+        },
+    ];
+    bert.multimodal(ids, mask, &cross, train)
+}
+
 /// `models/model_nlvr.py:ALBEF`.
 #[derive(Debug)]
 pub struct AlbefNlvr {
@@ -227,17 +250,7 @@ impl AlbefNlvr {
         let b = ids.size()[0];
         let image_embeds = vit.forward_t(images, train);
         let (i0, i1) = (image_embeds.narrow(0, 0, b), image_embeds.narrow(0, b, b));
-        let cross = [
-            CrossInput {
-                states: &i0,
-                mask: None,
-            },
-            CrossInput {
-                states: &i1,
-                mask: None,
-            },
-        ];
-        let h = bert.multimodal(ids, mask, &cross, train);
+        let h = two_image_states(bert, ids, mask, &i0, &i1, train);
         (image_embeds, head.forward(&cls_token(&h)))
     }
 

@@ -20,7 +20,9 @@
 //! (`ALBEF.pth`, `text_encoder.bert.*`) is converted as `Pretrain_nlvr.py` does (fusion layer `n`
 //! → layers `2(n-6)+6` and `2(n-6)+7`); [`super::AlbefNlvr`] then loads this model's checkpoint,
 //! dropping `ta_head`, the projections and `temp` as `NLVR.py`'s `strict=False` load does.
-use super::nlvr::{nlvr_text_encoder, replicate_pretrain_layers, tied_keys_of, NlvrLayout};
+use super::nlvr::{
+    nlvr_text_encoder, replicate_pretrain_layers, tied_keys_of, two_image_states, NlvrLayout,
+};
 use super::{
     check_image, check_text, cls_token, complete_tied, drop_prefixes, has_pretrain_layout,
     input_on, interpolate_pos_embeds, normalize, AlbefBert, AlbefConfig,
@@ -29,7 +31,6 @@ use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
-use vlp_core::layers::bert::CrossInput;
 use vlp_core::layers::linear;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
@@ -196,19 +197,14 @@ impl AlbefNlvrPretrain {
         let pick =
             |ix: &[i64]| image_embeds.index_select(0, &Tensor::from_slice(ix).to_device(dev));
         let (i0, i1) = (pick(&pairs.image0), pick(&pairs.image1));
-        let cross = [
-            CrossInput {
-                states: &i0,
-                mask: None,
-            },
-            CrossInput {
-                states: &i1,
-                mask: None,
-            },
-        ];
-        let h = self
-            .text_encoder
-            .multimodal(input_ids, attention_mask, &cross, self.train);
+        let h = two_image_states(
+            &self.text_encoder,
+            input_ids,
+            attention_mask,
+            &i0,
+            &i1,
+            self.train,
+        );
         Ok(cls_token(&h).apply(&self.ta_head))
     }
 
