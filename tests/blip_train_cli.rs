@@ -348,11 +348,12 @@ fn every_shipped_config_parses_and_blip_recipes_reach_their_data() {
     let mut n_blip = 0;
     for f in &files {
         let exp = ExperimentConfig::parse(f, &[]).unwrap_or_else(|e| panic!("{f:?}: {e}"));
-        let cmd = if exp.model.variant == "pretrain" {
-            Cmd::Pretrain
-        } else {
-            Cmd::Finetune
-        };
+        let cmd =
+            if vlp_tasks::pipeline::run::PRETRAIN_VARIANTS.contains(&exp.model.variant.as_str()) {
+                Cmd::Pretrain
+            } else {
+                Cmd::Finetune
+            };
         vlp_tasks::pipeline::run::check_model(&exp, cmd).unwrap_or_else(|e| panic!("{f:?}: {e}"));
         match exp.model.name.as_str() {
             "blip" => {
