@@ -27,6 +27,25 @@ fn fail(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_string()
 }
 
+/// `vlp CMD --config CONFIG --set S… --out OUT`, which must succeed; returns stdout.
+fn run(cmd: &str, config: &str, sets: &[&str], out: &Path) -> String {
+    ok(&config_args(cmd, config, sets, out))
+}
+
+/// The same command, which must fail; returns its stderr.
+fn run_fail(cmd: &str, config: &str, sets: &[&str], out: &Path) -> String {
+    fail(&config_args(cmd, config, sets, out))
+}
+
+fn config_args<'a>(cmd: &'a str, config: &'a str, sets: &[&'a str], out: &'a Path) -> Vec<&'a str> {
+    let mut a = vec![cmd, "--config", config];
+    for s in sets {
+        a.extend(["--set", s]);
+    }
+    a.extend(["--out", out.to_str().unwrap()]);
+    a
+}
+
 fn tmp(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("train_cli-{name}"));
     let _ = std::fs::remove_dir_all(&d);
@@ -90,15 +109,12 @@ fn pretrain_finetune_eval_end_to_end() {
     let data = shapes(&d);
     let root = format!("data.root={}", data.display());
     let pt = d.join("pretrain");
-    ok(&[
+    run(
         "pretrain",
-        "--config",
         "configs/tiny/albef_pretrain.yaml",
-        "--set",
-        &root,
-        "--out",
-        pt.to_str().unwrap(),
-    ]);
+        &[&root],
+        &pt,
+    );
     for f in [
         "config.yaml",
         "experiment.yaml",
@@ -120,33 +136,23 @@ fn pretrain_finetune_eval_end_to_end() {
 
     let init = format!("model.init={}", pt.display());
     let vqa = d.join("vqa");
-    ok(&[
+    run(
         "finetune",
-        "--config",
         "configs/tiny/albef_vqa.yaml",
-        "--set",
-        &root,
-        "--set",
-        &init,
-        "--out",
-        vqa.to_str().unwrap(),
-    ]);
+        &[&root, &init],
+        &vqa,
+    );
     assert!(metrics_of(&vqa).contains_key("vqa_acc"));
     let log = std::fs::read_to_string(vqa.join("train.log")).unwrap();
     assert!(log.contains("init: loaded"), "{log}");
 
     let ve = d.join("ve");
-    ok(&[
+    run(
         "finetune",
-        "--config",
         "configs/tiny/albef_ve.yaml",
-        "--set",
-        &root,
-        "--set",
-        &init,
-        "--out",
-        ve.to_str().unwrap(),
-    ]);
+        &[&root, &init],
+        &ve,
+    );
     assert!(metrics_of(&ve).contains_key("acc"));
 
     // Evaluate the fine-tuned VQA run's checkpoint on the test-free val split, strictly.
@@ -179,15 +185,12 @@ fn text_assignment_pretrains_from_albef_and_nlvr2_starts_from_it() {
     let data = shapes(&d);
     let root = format!("data.root={}", data.display());
     let pt = d.join("pretrain");
-    ok(&[
+    run(
         "pretrain",
-        "--config",
         "configs/tiny/albef_pretrain.yaml",
-        "--set",
-        &root,
-        "--out",
-        pt.to_str().unwrap(),
-    ]);
+        &[&root],
+        &pt,
+    );
     let ta = d.join("ta");
     ok(&[
         "pretrain",
@@ -231,30 +234,22 @@ fn text_assignment_pretrains_from_albef_and_nlvr2_starts_from_it() {
     );
 
     // Text assignment has no evaluation, and `vlp finetune` does not run it.
-    let err = fail(&[
+    let err = run_fail(
         "pretrain",
-        "--config",
         "configs/tiny/albef_pretrain_nlvr.yaml",
-        "--set",
-        &root,
-        "--set",
-        "data.val_file=pretrain.json",
-        "--out",
-        d.join("bad").to_str().unwrap(),
-    ]);
+        &[&root, "data.val_file=pretrain.json"],
+        &d.join("bad"),
+    );
     assert!(
         err.contains("data.val_file") && err.contains("pretrain_nlvr"),
         "{err}"
     );
-    let err = fail(&[
+    let err = run_fail(
         "finetune",
-        "--config",
         "configs/tiny/albef_pretrain_nlvr.yaml",
-        "--set",
-        &root,
-        "--out",
-        d.join("bad2").to_str().unwrap(),
-    ]);
+        &[&root],
+        &d.join("bad2"),
+    );
     assert!(err.contains("vlp pretrain"), "{err}");
 }
 
@@ -264,27 +259,19 @@ fn kill_and_resume_reproduces_the_uninterrupted_run() {
     let data = shapes(&d);
     let root = format!("data.root={}", data.display());
     let full = d.join("full");
-    ok(&[
+    run(
         "pretrain",
-        "--config",
         "configs/tiny/albef_pretrain.yaml",
-        "--set",
-        &root,
-        "--out",
-        full.to_str().unwrap(),
-    ]);
+        &[&root],
+        &full,
+    );
     let part = d.join("part");
-    ok(&[
+    run(
         "pretrain",
-        "--config",
         "configs/tiny/albef_pretrain.yaml",
-        "--set",
-        &root,
-        "--set",
-        "train.max_steps=3",
-        "--out",
-        part.to_str().unwrap(),
-    ]);
+        &[&root, "train.max_steps=3"],
+        &part,
+    );
     assert_eq!(train_losses(&part).len(), 3);
     ok(&[
         "pretrain",
