@@ -260,6 +260,16 @@ pub fn hflip(img: &RgbImage) -> RgbImage {
     image::imageops::flip_horizontal(img)
 }
 
+/// `img` rotated clockwise by `k` × 90° (`k` modulo 4).
+pub fn rotate90_times(img: &RgbImage, k: u32) -> RgbImage {
+    match k % 4 {
+        1 => image::imageops::rotate90(img),
+        2 => image::imageops::rotate180(img),
+        3 => image::imageops::rotate270(img),
+        _ => img.clone(),
+    }
+}
+
 /// Python's `round` (half to even).
 fn py_round(x: f64) -> f64 {
     x.round_ties_even()
@@ -501,6 +511,11 @@ pub struct ImageTransformConfig {
     /// Random horizontal flip (p = 0.5) when training.
     #[serde(default = "default_true")]
     pub hflip: bool,
+    /// Random rotation by a multiple of 90° (each with p = 1/4) after the flip when training:
+    /// with `hflip`, all eight symmetries of the square. Only for data whose labels do not
+    /// depend on orientation or position (easy-VQA); off by default.
+    #[serde(default)]
+    pub rot90: bool,
     /// Evaluation resize.
     #[serde(default)]
     pub eval_resize: EvalResize,
@@ -516,6 +531,7 @@ impl ImageTransformConfig {
             scale: default_scale(),
             ratio: default_ratio(),
             hflip: true,
+            rot90: false,
             eval_resize: EvalResize::Square,
         }
     }
@@ -572,8 +588,13 @@ impl ImageTransform {
         let s = self.cfg.image_size;
         if self.cfg.train {
             let out = random_resized_crop(img, s, self.cfg.scale, self.cfg.ratio, rng);
-            if self.cfg.hflip && rng.gen::<f64>() < 0.5 {
+            let out = if self.cfg.hflip && rng.gen::<f64>() < 0.5 {
                 hflip(&out)
+            } else {
+                out
+            };
+            if self.cfg.rot90 {
+                rotate90_times(&out, rng.gen_range(0..4))
             } else {
                 out
             }
@@ -616,6 +637,50 @@ mod tests {
                 ((x + y) * 3 % 256) as u8,
             ])
         })
+    }
+
+    #[test]
+    fn rotate90_times_turns_clockwise() {
+        let img = gradient(3, 2);
+        let r1 = rotate90_times(&img, 1);
+        assert_eq!(r1.dimensions(), (2, 3));
+        // Clockwise: the top-left pixel goes to the top-right corner.
+        assert_eq!(r1.get_pixel(1, 0), img.get_pixel(0, 0));
+        assert_eq!(r1.get_pixel(0, 2), img.get_pixel(2, 1));
+        let r2 = rotate90_times(&img, 2);
+        assert_eq!(r2.get_pixel(2, 1), img.get_pixel(0, 0));
+        assert_eq!(rotate90_times(&r1, 3), img);
+        assert_eq!(rotate90_times(&img, 4), img);
+    }
+
+    #[test]
+    fn rot90_augmentation_draws_every_rotation_and_keeps_pixels() {
+        let img = gradient(8, 8);
+        let cfg = ImageTransformConfig {
+            scale: (1.0, 1.0),
+            ratio: (1.0, 1.0),
+            hflip: false,
+            rot90: true,
+            ..ImageTransformConfig::train(8, Normalize::Clip)
+        };
+        let tf = ImageTransform::new(cfg).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut seen = [false; 4];
+        for _ in 0..64 {
+            let out = tf.apply_image(&img, &mut rng);
+            let k = (0..4)
+                .find(|&k| rotate90_times(&img, k) == out)
+                .expect("the output is a rotation of the input");
+            seen[k as usize] = true;
+        }
+        assert_eq!(seen, [true; 4]);
+        // Off (the default): the same crop never rotates.
+        let tf = ImageTransform::new(ImageTransformConfig {
+            rot90: false,
+            ..tf.config().clone()
+        })
+        .unwrap();
+        assert!((0..16).all(|_| tf.apply_image(&img, &mut rng) == img));
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub struct Plan {
     /// Also fine-tune easy-VQA from scratch with the same budget (for the comparison).
     #[serde(default)]
     pub easy_vqa_scratch: bool,
+    /// Also rotate easy-VQA training images by random multiples of 90° (with the flips: all
+    /// eight symmetries of the square; easy-VQA asks about no position or orientation).
+    #[serde(default)]
+    pub easy_vqa_rotate: bool,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -210,6 +214,7 @@ impl Plan {
                 lr: 5e-4,
             }),
             easy_vqa_scratch: true,
+            easy_vqa_rotate: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -256,6 +261,7 @@ impl Plan {
                 lr: 5e-4,
             }),
             easy_vqa_scratch: false,
+            easy_vqa_rotate: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -294,6 +300,7 @@ impl Plan {
             ve: s(60, 1e-3),
             easy_vqa: Some(s(30, 1e-3)),
             easy_vqa_scratch: false,
+            easy_vqa_rotate: false,
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,

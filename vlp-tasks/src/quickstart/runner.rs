@@ -360,6 +360,7 @@ impl<'a> Ctx<'a> {
                 train: true,
                 scale: (1.0, 1.0),
                 ratio: (1.0, 1.0),
+                rot90: self.plan.easy_vqa_rotate,
                 ..ImageTransformConfig::train(size, Normalize::Clip)
             };
         }
