@@ -17,6 +17,13 @@ fn check_schema(dir: &Path, s: &Summary) {
         assert!(t.is_object(), "summary.json has no task `{k}`: {v}");
         assert!(t["metric"].is_string());
         assert!(t["chance"].as_f64().is_some());
+        // The text-only prior: for every task with a text label, none for retrieval.
+        if k == "retrieval" {
+            assert!(t["text_prior"].is_null(), "{k}: {t}");
+        } else {
+            let p = t["text_prior"].as_f64().unwrap_or(f64::NAN);
+            assert!((0.0..=100.0).contains(&p), "{k}: text prior {t}");
+        }
         assert!(t["pretrained"].as_f64().is_some(), "{k}: {t}");
         if k == "easy_vqa" {
             for ty in ["acc_yes/no", "acc_color", "acc_shape"] {
@@ -44,7 +51,7 @@ fn check_schema(dir: &Path, s: &Summary) {
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
-        md.contains("| Shapes VQA |") && md.contains("| easy-VQA |"),
+        md.contains("| Shapes VQA |") && md.contains("| easy-VQA |") && md.contains("text only"),
         "{md}"
     );
 }

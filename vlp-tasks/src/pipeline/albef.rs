@@ -1086,7 +1086,14 @@ pub fn eval_data(exp: &ExperimentConfig) -> Result<EvalData> {
         }
         Task::EasyVqa => {
             let ev = easy_vqa(exp)?;
-            let mut qs = ev.read(EasySplit::Test, exp.data.skip_bad_samples)?.items;
+            // easy-VQA has no validation split: `train` reads the training questions (the
+            // text-only prior of the quickstart), anything else the test split.
+            let which = if split == "train" {
+                EasySplit::Train
+            } else {
+                EasySplit::Test
+            };
+            let mut qs = ev.read(which, exp.data.skip_bad_samples)?.items;
             qs.truncate(max);
             let questions = qs
                 .into_iter()
@@ -1202,6 +1209,23 @@ pub fn classify_questions(
         }
     }
     Ok(out)
+}
+
+/// `acc` and `acc_<class>` (percent of the examples of that gold class predicted right; a
+/// class without examples is left out) of `(gold, predicted)` label pairs; `names[label]`.
+fn class_accuracies(m: &mut BTreeMap<String, f64>, gold_pred: &[(i64, i64)], names: &[&str]) {
+    let correct = gold_pred.iter().filter(|(g, p)| g == p).count();
+    m.insert("acc".into(), accuracy_pct(correct, gold_pred.len()));
+    for (label, name) in names.iter().enumerate() {
+        let of: Vec<_> = gold_pred
+            .iter()
+            .filter(|(g, _)| *g == label as i64)
+            .collect();
+        if !of.is_empty() {
+            let right = of.iter().filter(|(g, p)| g == p).count();
+            m.insert(format!("acc_{name}"), accuracy_pct(right, of.len()));
+        }
+    }
 }
 
 fn accuracy_pct(correct: usize, total: usize) -> f64 {
@@ -1328,7 +1352,7 @@ fn evaluate_inner(
             );
         }
         (EvalData::Nlvr2(ex), AlbefModel::Nlvr2(nl)) => {
-            let mut correct = 0;
+            let mut gold_pred = Vec::with_capacity(ex.len());
             for chunk in ex.chunks(bs) {
                 let mut paths: Vec<&Path> = chunk.iter().map(|e| e.0.as_path()).collect();
                 paths.extend(chunk.iter().map(|e| e.1.as_path()));
@@ -1338,12 +1362,12 @@ fn evaluate_inner(
                 let out = nl.forward(&img, &ti.to_device(dev), &tm.to_device(dev))?;
                 let pred =
                     Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
-                correct += chunk.iter().zip(pred).filter(|(e, p)| e.3 == *p).count();
+                gold_pred.extend(chunk.iter().zip(pred).map(|(e, p)| (e.3, p)));
             }
-            m.insert("acc".into(), accuracy_pct(correct, ex.len()));
+            class_accuracies(&mut m, &gold_pred, &["false", "true"]);
         }
         (EvalData::Ve(ex), AlbefModel::Ve(ve)) => {
-            let mut correct = 0;
+            let mut gold_pred = Vec::with_capacity(ex.len());
             for chunk in ex.chunks(bs) {
                 let paths: Vec<&Path> = chunk.iter().map(|e| e.0.as_path()).collect();
                 let img = load_images(&setup.transform, &paths, dev)?;
@@ -1352,9 +1376,13 @@ fn evaluate_inner(
                 let out = ve.forward(&img, &ti.to_device(dev), &tm.to_device(dev))?;
                 let pred =
                     Vec::<i64>::try_from(out.logits.argmax(1, false).to_device(Device::Cpu))?;
-                correct += chunk.iter().zip(pred).filter(|(e, p)| e.2 == *p).count();
+                gold_pred.extend(chunk.iter().zip(pred).map(|(e, p)| (e.2, p)));
             }
-            m.insert("acc".into(), accuracy_pct(correct, ex.len()));
+            class_accuracies(
+                &mut m,
+                &gold_pred,
+                &["contradiction", "neutral", "entailment"],
+            );
         }
         (d, model) => {
             return Err(VlpError::Msg(format!(

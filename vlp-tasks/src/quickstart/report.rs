@@ -24,6 +24,11 @@ pub struct TaskSummary {
     pub metric: String,
     /// What a model that ignores its input scores (percent).
     pub chance: f64,
+    /// What a model that reads only the text scores: the most frequent label or answer of the
+    /// same text in the training data (percent; `null` for retrieval; see
+    /// [`super::runner::text_prior`]).
+    #[serde(default)]
+    pub text_prior: Option<f64>,
     /// The metric after fine-tuning from random initialisation (`null` when not run).
     pub from_scratch: Option<f64>,
     /// The metric after fine-tuning from the pre-trained weights (`null` when not run).
@@ -124,16 +129,18 @@ pub fn table(s: &Summary) -> String {
         "task",
         "metric",
         "chance",
+        "text only",
         "from scratch",
         "pre-trained",
         "gain",
     ];
-    let mut rows: Vec<[String; 6]> = Vec::new();
+    let mut rows: Vec<[String; 7]> = Vec::new();
     for (_, t) in s.ordered() {
         rows.push([
             t.task.clone(),
             format!("{} (%)", t.metric),
             format!("{:.1}", t.chance),
+            fmt_opt(t.text_prior),
             fmt_opt(t.from_scratch),
             fmt_opt(t.pretrained),
             fmt_gain(t.gain()),
@@ -206,15 +213,16 @@ pub fn markdown(s: &Summary) -> String {
         s.easy_vqa_dir.as_deref().unwrap_or("not found")
     ));
     m.push_str(
-        "| task | metric | chance | from scratch | pre-trained | gain | steps | time (s) |\n",
+        "| task | metric | chance | text only | from scratch | pre-trained | gain | steps | time (s) |\n",
     );
-    m.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    m.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (_, t) in s.ordered() {
         m.push_str(&format!(
-            "| {} | {} (%) | {:.1} | {} | {} | {} | {} | {:.0} |\n",
+            "| {} | {} (%) | {:.1} | {} | {} | {} | {} | {} | {:.0} |\n",
             t.task,
             t.metric,
             t.chance,
+            fmt_opt(t.text_prior),
             fmt_opt(t.from_scratch),
             fmt_opt(t.pretrained),
             fmt_gain(t.gain()),
@@ -223,7 +231,10 @@ pub fn markdown(s: &Summary) -> String {
         ));
     }
     m.push_str(&format!(
-        "\nPre-trained ≥ from scratch on {} of the 4 Shapes tasks.\n",
+        "\nPre-trained ≥ from scratch on {} of the 4 Shapes tasks. *Chance*: a model that ignores \
+         its input (random ranking, best constant answer, majority class). *Text only*: the most \
+         frequent training label or answer of the same text, a model that never looks at the \
+         image; a task scored below it has not learned to use the image.\n",
         s.pretrained_wins
     ));
     if let Some(t) = s.tasks.get("easy_vqa") {
@@ -299,7 +310,8 @@ fn perr(e: impl std::fmt::Display) -> VlpError {
     VlpError::Msg(format!("plot: {e}"))
 }
 
-/// Bar chart: per task, chance (grey), from scratch (orange) and pre-trained (blue), in percent.
+/// Bar chart: per task, chance (grey), text only (light grey), from scratch (orange) and
+/// pre-trained (blue), in percent.
 pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
         .map_err(|_| perr("the bundled DejaVu Sans font failed to load"))?;
@@ -312,7 +324,7 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
         root.fill(&WHITE).map_err(perr)?;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                "quickstart: chance / from scratch / pre-trained (%)",
+                "quickstart: chance / text only / from scratch / pre-trained (%)",
                 ("sans-serif", 22),
             )
             .margin(12)
@@ -339,6 +351,7 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
             .map_err(perr)?;
         let bars = [
             (RGBColor(160, 160, 160), "chance"),
+            (RGBColor(210, 210, 210), "text only"),
             (RGBColor(255, 127, 14), "from scratch"),
             (RGBColor(31, 119, 180), "pre-trained"),
         ];
@@ -349,12 +362,13 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
                 .filter_map(|(i, (_, t))| {
                     let v = match j {
                         0 => Some(t.chance),
-                        1 => t.from_scratch,
+                        1 => t.text_prior,
+                        2 => t.from_scratch,
                         _ => t.pretrained,
                     }?;
-                    let x0 = i as f64 + 0.1 + 0.27 * j as f64;
+                    let x0 = i as f64 + 0.08 + 0.21 * j as f64;
                     Some(Rectangle::new(
-                        [(x0, 0.0), (x0 + 0.25, v.clamp(0.0, 105.0))],
+                        [(x0, 0.0), (x0 + 0.19, v.clamp(0.0, 105.0))],
                         color.filled(),
                     ))
                 })

@@ -127,6 +127,8 @@ pub struct RunResult {
     pub value: f64,
     /// Its chance level on the same evaluation data (percent).
     pub chance: f64,
+    /// The text-only prior on the same evaluation data ([`text_prior`]; `None` for retrieval).
+    pub text_prior: Option<f64>,
     /// Every metric.
     pub metrics: BTreeMap<String, f64>,
     /// Optimizer steps.
@@ -535,6 +537,14 @@ impl<'a> Ctx<'a> {
             num_workers: self.plan.workers,
         };
         let chance = chance_level(&data);
+        let text_prior = if kind == TaskKind::Retrieval {
+            None
+        } else {
+            let mut on_train = exp.clone();
+            on_train.eval.split = "train".into();
+            on_train.eval.max_samples = None;
+            text_prior(&eval_data(&on_train)?, &data)
+        };
         let (value, metrics) = match (kind, &mut trainable.model) {
             (TaskKind::EasyVqa, model) => {
                 model.set_train(false);
@@ -566,6 +576,7 @@ impl<'a> Ctx<'a> {
         Ok(RunResult {
             value,
             chance,
+            text_prior,
             metrics,
             steps: outcome.step,
         })
@@ -826,6 +837,99 @@ pub fn chance_level(data: &EvalData) -> f64 {
     }
 }
 
+/// What a model that reads only the text scores, in percent: each evaluation text gets the
+/// label (NLVR2, SNLI-VE) or answer (VQA: the most frequent annotator answer) seen most often
+/// with the same text (lower-cased, whitespace-normalised) in `train`, and the most frequent
+/// one of all of `train` when its text never occurs there — the "question-only prior" baseline
+/// of the VQA literature. A model below it has not learned to use the image. `None` for
+/// retrieval (a text alone ranks no image) and when `train` and `eval` are of different kinds.
+pub fn text_prior(train: &EvalData, eval: &EvalData) -> Option<f64> {
+    fn key(text: &str) -> String {
+        text.split_whitespace()
+            .map(str::to_lowercase)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+    // Most frequent label per text and overall; ties go to the smallest label (deterministic).
+    fn fit<L: Ord + Clone>(
+        pairs: impl Iterator<Item = (String, L)>,
+    ) -> (BTreeMap<String, L>, Option<L>) {
+        let mut per: BTreeMap<String, BTreeMap<L, usize>> = BTreeMap::new();
+        let mut all: BTreeMap<L, usize> = BTreeMap::new();
+        for (t, l) in pairs {
+            *per.entry(t).or_default().entry(l.clone()).or_default() += 1;
+            *all.entry(l).or_default() += 1;
+        }
+        let top = |c: &BTreeMap<L, usize>| {
+            c.iter()
+                .fold(None::<(&L, usize)>, |best, (l, &n)| match best {
+                    Some((_, m)) if m >= n => best,
+                    _ => Some((l, n)),
+                })
+                .map(|(l, _)| l.clone())
+        };
+        let rules = per
+            .iter()
+            .filter_map(|(t, c)| top(c).map(|l| (t.clone(), l)))
+            .collect();
+        (rules, top(&all))
+    }
+    fn score<L: PartialEq>(
+        rules: &(BTreeMap<String, L>, Option<L>),
+        eval: impl Iterator<Item = (String, L)>,
+    ) -> f64 {
+        let (mut right, mut n) = (0usize, 0usize);
+        for (t, gold) in eval {
+            n += 1;
+            if rules.0.get(&t).or(rules.1.as_ref()) == Some(&gold) {
+                right += 1;
+            }
+        }
+        100.0 * right as f64 / n.max(1) as f64
+    }
+    match (train, eval) {
+        (EvalData::Nlvr2(tr), EvalData::Nlvr2(ev)) => {
+            let rules = fit(tr.iter().map(|e| (key(&e.2), e.3)));
+            Some(score(&rules, ev.iter().map(|e| (key(&e.2), e.3))))
+        }
+        (EvalData::Ve(tr), EvalData::Ve(ev)) => {
+            let rules = fit(tr.iter().map(|e| (key(&e.1), e.2)));
+            Some(score(&rules, ev.iter().map(|e| (key(&e.1), e.2))))
+        }
+        (
+            EvalData::Vqa { questions: tr, .. },
+            EvalData::Vqa {
+                questions: ev,
+                exact,
+                ..
+            },
+        ) => {
+            let rules = fit(tr.iter().flat_map(|q| {
+                let k = key(&q.question);
+                q.answers.iter().map(move |a| (k.clone(), a.clone()))
+            }));
+            let n = ev.len().max(1) as f64;
+            let total: f64 = ev
+                .iter()
+                .map(|q| {
+                    let Some(pred) = rules.0.get(&key(&q.question)).or(rules.1.as_ref()) else {
+                        return 0.0;
+                    };
+                    if *exact {
+                        f64::from(u8::from(q.answers.first() == Some(pred)))
+                    } else {
+                        let gts: Vec<GtAnswer> =
+                            q.answers.iter().map(|x| GtAnswer::new(x.clone())).collect();
+                        vqa_accuracy(pred, &gts)
+                    }
+                })
+                .sum();
+            Some(100.0 * total / n)
+        }
+        _ => None,
+    }
+}
+
 fn majority(labels: impl Iterator<Item = i64>) -> f64 {
     let mut c: BTreeMap<i64, usize> = BTreeMap::new();
     let mut n = 0;
@@ -964,6 +1068,81 @@ impl DeviceOf for AlbefVqa {
 mod tests {
     use super::*;
     use crate::data::easy_vqa::EasyVqaQuestion;
+
+    fn vq(question: &str, answers: &[&str]) -> VqaQuestion {
+        VqaQuestion {
+            question_id: None,
+            image_id: None,
+            image_rel: "x.png".into(),
+            image: PathBuf::from("x.png"),
+            question: question.into(),
+            answers: answers.iter().map(|a| a.to_string()).collect(),
+            multiple_choice_answer: None,
+            question_type: None,
+            answer_type: None,
+            dataset: None,
+        }
+    }
+
+    #[test]
+    fn text_prior_predicts_the_most_frequent_label_of_the_same_text() {
+        let ve = |t: &str, l: i64| (PathBuf::from("i.png"), t.to_string(), l);
+        let train = EvalData::Ve(vec![
+            ve("there is no circle", 2),
+            ve("There is  no circle", 2),
+            ve("there is no circle", 0),
+            ve("the star is a toy", 1),
+            ve("there is a red star", 0),
+            ve("there is a red star", 0),
+        ]);
+        // "no circle" -> 2 (2 of 3, case and spaces ignored), "toy" -> 1, unseen -> overall
+        // majority 0 (3 of 6 against 2 and 1).
+        let eval = EvalData::Ve(vec![
+            ve("there is no circle", 2),
+            ve("there is no circle", 0),
+            ve("the star is a toy", 1),
+            ve("there is a blue star", 0),
+            ve("there is a blue square", 2),
+        ]);
+        let p = text_prior(&train, &eval).unwrap();
+        assert!((p - 60.0).abs() < 1e-9, "{p}");
+        // NLVR2 the same way; a mismatch of kinds and retrieval have none.
+        let nl = |t: &str, l: i64| (PathBuf::from("a"), PathBuf::from("b"), t.to_string(), l);
+        let train_nl = EvalData::Nlvr2(vec![nl("both", 1), nl("both", 1), nl("neither", 0)]);
+        let eval_nl = EvalData::Nlvr2(vec![nl("both", 1), nl("neither", 1), nl("other", 1)]);
+        let p = text_prior(&train_nl, &eval_nl).unwrap();
+        assert!((p - 200.0 / 3.0).abs() < 1e-9, "{p}");
+        assert!(text_prior(&train, &eval_nl).is_none());
+    }
+
+    #[test]
+    fn text_prior_of_vqa_scores_the_most_frequent_answer() {
+        let train = EvalData::Vqa {
+            questions: vec![
+                vq("what colour?", &["red", "red", "blue"]),
+                vq("what colour?", &["red"]),
+                vq("how many?", &["2", "2", "3"]),
+            ],
+            answers: vec![],
+            exact: true,
+        };
+        let eval = |exact| EvalData::Vqa {
+            questions: vec![
+                vq("what colour?", &["red"]),
+                vq("how many?", &["3"]),
+                vq("is it big?", &["red"]),
+            ],
+            answers: vec![],
+            exact,
+        };
+        // "what colour?" -> red, "how many?" -> 2, unseen -> red (4 of 7 answers).
+        let p = text_prior(&train, &eval(true)).unwrap();
+        assert!((p - 200.0 / 3.0).abs() < 1e-9, "{p}");
+        // Soft VQA accuracy: one annotator saying "red" scores 0.3 per question.
+        let p = text_prior(&train, &eval(false)).unwrap();
+        let want = 100.0 * (vqa_accuracy("red", &[GtAnswer::new("red".to_string())]) * 2.0) / 3.0;
+        assert!((p - want).abs() < 1e-9, "{p} vs {want}");
+    }
 
     fn q(image: &str, question: &str, answer: &str) -> EasyVqaQuestion {
         EasyVqaQuestion {
