@@ -281,10 +281,7 @@ impl<'a> Ctx<'a> {
             ..ScheduleConfig::default()
         };
         if task == Task::Pretrain {
-            t.objectives = [("itc", 1.0), ("itm", 1.0), ("mlm", 1.0)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect();
+            t.objectives = plan.pretrain_objectives.clone();
         }
         let max_samples = match task {
             Task::Retrieval => Some(plan.retrieval_images),
@@ -407,6 +404,11 @@ impl<'a> Ctx<'a> {
         name: &str,
     ) -> Result<(AlbefTrainable, crate::train::TrainOutcome)> {
         let cfg = albef_config(exp)?;
+        // The initialisation draws from torch's global generator: seeded per run and built under
+        // a lock, so that two runs side by side ([`super::Plan::parallel_arms`]) start from the
+        // same weights as one after the other.
+        let guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed(exp.train.seed as i64);
         let mut model = AlbefModel::build_for(exp, &cfg, self.device)?;
         if let Some(init) = &exp.model.init {
             let report = load_init(&mut model, init, exp.model.init_mode)?;
@@ -430,6 +432,7 @@ impl<'a> Ctx<'a> {
                 report.mismatched.len()
             );
         }
+        drop(guard);
         let ds = self.dataset(exp, &cfg)?;
         let mut lc = LoaderConfig::new(exp.train.batch_size);
         lc.seed = exp.train.seed;
@@ -494,6 +497,17 @@ impl<'a> Ctx<'a> {
     /// Fine-tunes `kind` (from `init`, a run directory, or from scratch) and evaluates it on the
     /// validation split (easy-VQA: its test split).
     pub fn finetune(&self, kind: TaskKind, init: Option<&Path>) -> Result<RunResult> {
+        self.finetune_with(kind, init, true)
+    }
+
+    /// [`Ctx::finetune`], with the trainer's progress bar shown or not (one of two runs side by
+    /// side keeps its bar hidden).
+    pub fn finetune_with(
+        &self,
+        kind: TaskKind,
+        init: Option<&Path>,
+        progress: bool,
+    ) -> Result<RunResult> {
         let stage = match kind {
             TaskKind::Retrieval => self.plan.retrieval,
             TaskKind::Vqa => self.plan.vqa,
@@ -522,7 +536,8 @@ impl<'a> Ctx<'a> {
             },
             None => stage,
         };
-        let exp = self.experiment(Some(kind), &stage, &name, init)?;
+        let mut exp = self.experiment(Some(kind), &stage, &name, init)?;
+        exp.train.progress = progress;
         let (mut trainable, outcome) = self.train(&exp, &name)?;
         let cfg = albef_config(&exp)?;
         let data = eval_data(&exp)?;
@@ -582,6 +597,9 @@ impl<'a> Ctx<'a> {
         })
     }
 }
+
+/// Held while a run builds and initialises its model (see [`Ctx::finetune_with`]).
+static BUILD_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The run directory (under `--out`) of NLVR2's text-assignment pre-training.
 pub const NLVR2_TA_RUN: &str = "nlvr2-ta";
