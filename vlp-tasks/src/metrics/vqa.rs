@@ -272,6 +272,20 @@ impl GtAnswer {
     }
 }
 
+/// One question's score of `prediction`: exact match with the first answer when `exact`
+/// (easy-VQA, one answer per question), else the official soft [`vqa_accuracy`] over the
+/// annotators' `answers`.
+pub fn question_score(prediction: &str, answers: &[String], exact: bool) -> f64 {
+    if exact {
+        f64::from(u8::from(
+            answers.first().map(String::as_str) == Some(prediction),
+        ))
+    } else {
+        let gts: Vec<GtAnswer> = answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
+        vqa_accuracy(prediction, &gts)
+    }
+}
+
 /// The official accuracy of one predicted answer (raw, normalised here) against the annotator
 /// answers, in [0, 1].
 pub fn vqa_accuracy(prediction: &str, gts: &[GtAnswer]) -> f64 {
@@ -465,6 +479,24 @@ pub fn target_vector(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn question_score_exact_or_soft() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(question_score("red", &a(&["red"]), true), 1.0);
+        assert_eq!(question_score("red", &a(&["blue", "red"]), true), 0.0);
+        assert_eq!(question_score("red", &a(&[]), true), 0.0);
+        let ten = a(&[
+            "red", "red", "red", "blue", "blue", "blue", "blue", "blue", "blue", "blue",
+        ]);
+        let gts: Vec<GtAnswer> = ten.iter().map(|x| GtAnswer::new(x.clone())).collect();
+        assert_eq!(
+            question_score("red", &ten, false),
+            vqa_accuracy("red", &gts)
+        );
+        assert!((question_score("red", &ten, false) - 0.9).abs() < 1e-9);
+        assert_eq!(question_score("green", &ten, false), 0.0);
+    }
 
     #[test]
     fn answers_without_ids_are_still_ten_annotators() {

@@ -34,7 +34,7 @@ use crate::data::vqa::{self as vqa_data, AnswerVocab, VqaDataset, VqaQuestion, V
 use crate::data::{ReadOptions, TextPrep};
 use crate::eval::models::albef::AlbefRetrievalEval;
 use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig};
-use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
+use crate::metrics::vqa::{question_score, ScoreConvention};
 use crate::train::{LossTerms, StepContext, Trainable};
 
 /// The ALBEF config of a preset. `Base` is the paper's model; `Small` and `Tiny` are sized for
@@ -1305,13 +1305,7 @@ fn evaluate_inner(
                 let best = Vec::<i64>::try_from(ids.select(1, 0).to_device(Device::Cpu))?;
                 for (q, b) in chunk.iter().zip(best) {
                     let pred = &answers[b as usize];
-                    total += if *exact {
-                        f64::from(u8::from(q.answers.first() == Some(pred)))
-                    } else {
-                        let gts: Vec<GtAnswer> =
-                            q.answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
-                        vqa_accuracy(pred, &gts)
-                    };
+                    total += question_score(pred, &q.answers, *exact);
                 }
             }
             m.insert(
@@ -1338,13 +1332,7 @@ fn evaluate_inner(
             let mut total = 0.0;
             for (q, p) in questions.iter().zip(preds) {
                 let pred = &answers[p];
-                total += if *exact {
-                    f64::from(u8::from(q.answers.first() == Some(pred)))
-                } else {
-                    let gts: Vec<GtAnswer> =
-                        q.answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
-                    vqa_accuracy(pred, &gts)
-                };
+                total += question_score(pred, &q.answers, *exact);
             }
             m.insert(
                 "vqa_acc".into(),

@@ -40,7 +40,7 @@ use crate::data::vqa::{self as vqa_data, VqaDataset, VqaQuestion};
 use crate::data::TextPrep;
 use crate::eval::retrieval::{evaluate_gallery, Fusion, RetrievalEvalConfig, RetrievalModel};
 use crate::metrics::caption::caption_metrics;
-use crate::metrics::vqa::{vqa_accuracy, GtAnswer, ScoreConvention};
+use crate::metrics::vqa::{question_score, ScoreConvention};
 use crate::train::{LossTerms, StepContext, Trainable};
 
 /// The variants the pipeline trains and evaluates (`itm` and the HF layouts are inference-only).
@@ -1023,13 +1023,7 @@ fn evaluate_inner(
                 let best = Vec::<i64>::try_from(ranked.max_ids.to_device(Device::Cpu))?;
                 for (q, b) in chunk.iter().zip(best) {
                     let pred = &answers[b as usize];
-                    total += if *exact {
-                        f64::from(u8::from(q.answers.first() == Some(pred)))
-                    } else {
-                        let gts: Vec<GtAnswer> =
-                            q.answers.iter().map(|a| GtAnswer::new(a.clone())).collect();
-                        vqa_accuracy(pred, &gts)
-                    };
+                    total += question_score(pred, &q.answers, *exact);
                 }
             }
             m.insert(

@@ -246,7 +246,10 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             parallel_arms: true,
-            eval_samples: 500,
+            // The whole Shapes val splits (5,000 VQA questions, 1,000 NLVR2 pairs, 3,000 SNLI-VE
+            // hypotheses): NLVR2's first 500 pairs were 53.8% "True" although the split is
+            // balanced, which made a constant answer read as "below chance".
+            eval_samples: 5000,
             retrieval_images: 100,
             // The whole test split: 9,673 questions cost ~4 s more than 2,000 per run.
             easy_vqa_eval: None,
@@ -609,8 +612,18 @@ pub fn run_plan_with(
         total,
         &start,
         &format!(
-            "pre-training ALBEF-{} on Shapes captions (ITC + ITM + MLM), {} steps × {}",
+            "pre-training ALBEF-{} on Shapes captions ({}), {} steps × {}",
             plan.preset.name(),
+            plan.pretrain_objectives
+                .iter()
+                .filter(|(_, w)| **w > 0.0)
+                .map(|(k, w)| if *w == 1.0 {
+                    k.to_uppercase()
+                } else {
+                    format!("{w} × {}", k.to_uppercase())
+                })
+                .collect::<Vec<_>>()
+                .join(" + "),
             plan.pretrain.steps,
             plan.pretrain.batch_size
         ),

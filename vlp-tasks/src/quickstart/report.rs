@@ -253,7 +253,7 @@ pub fn markdown(s: &Summary) -> String {
             .join(", ")
     };
     m.push_str(&format!(
-        "\n## Pre-training (ITC + ITM + MLM on Shapes captions)\n\n{} steps, {} pairs, {:.0} s. \
+        "\n## Pre-training on Shapes captions (objectives and weights: `plan.json`)\n\n{} steps, {} pairs, {:.0} s. \
          Losses: first window {}; last window {}. Run directory: `{}`.\n",
         p.steps,
         p.samples,

@@ -31,7 +31,7 @@ use crate::data::nlvr2::{self, Nlvr2Dataset};
 use crate::data::snli_ve::{self, VeDataset};
 use crate::data::vqa::VqaQuestion;
 use crate::data::{ReadOptions, TextPrep};
-use crate::metrics::vqa::{vqa_accuracy, GtAnswer};
+use crate::metrics::vqa::question_score;
 use crate::pipeline::albef::{
     albef_config, classify_questions, collate, eval_data, evaluate, load_init, vqa_train_dataset,
     AlbefBatch, AlbefModel, AlbefTrainable, AnyDataset, AnySample, EvalData, EvalSetup,
@@ -836,15 +836,7 @@ pub fn chance_level(data: &EvalData) -> f64 {
             for a in answers {
                 let s: f64 = questions
                     .iter()
-                    .map(|q| {
-                        if *exact {
-                            f64::from(u8::from(q.answers.first() == Some(a)))
-                        } else {
-                            let gts: Vec<GtAnswer> =
-                                q.answers.iter().map(|x| GtAnswer::new(x.clone())).collect();
-                            vqa_accuracy(a, &gts)
-                        }
-                    })
+                    .map(|q| question_score(a, &q.answers, *exact))
                     .sum();
                 best = best.max(s / n);
             }
@@ -933,13 +925,7 @@ pub fn text_prior(train: &EvalData, eval: &EvalData) -> Option<f64> {
                     let Some(pred) = rules.0.get(&key(&q.question)).or(rules.1.as_ref()) else {
                         return 0.0;
                     };
-                    if *exact {
-                        f64::from(u8::from(q.answers.first() == Some(pred)))
-                    } else {
-                        let gts: Vec<GtAnswer> =
-                            q.answers.iter().map(|x| GtAnswer::new(x.clone())).collect();
-                        vqa_accuracy(pred, &gts)
-                    }
+                    question_score(pred, &q.answers, *exact)
                 })
                 .sum();
             Some(100.0 * total / n)
@@ -1086,6 +1072,7 @@ impl DeviceOf for AlbefVqa {
 mod tests {
     use super::*;
     use crate::data::easy_vqa::EasyVqaQuestion;
+    use crate::metrics::vqa::{vqa_accuracy, GtAnswer};
 
     fn vq(question: &str, answers: &[&str]) -> VqaQuestion {
         VqaQuestion {
