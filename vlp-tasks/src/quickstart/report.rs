@@ -330,7 +330,7 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..n as f64, 0f64..105f64)
+            .build_cartesian_2d(0f64..n as f64, 0f64..135f64)
             .map_err(perr)?;
         let names: Vec<String> = tasks.iter().map(|(k, _)| k.to_string()).collect();
         chart
@@ -346,6 +346,13 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
                 }
             })
             .y_desc("%")
+            .y_label_formatter(&|y| {
+                if *y <= 100.0 {
+                    format!("{y:.0}")
+                } else {
+                    String::new()
+                }
+            })
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(perr)?;
@@ -382,6 +389,8 @@ pub fn metric_bars(path: &Path, s: &Summary) -> Result<()> {
         }
         chart
             .configure_series_labels()
+            // Above the bars (which end at 100%).
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 14))
