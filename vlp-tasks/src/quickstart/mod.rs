@@ -6,7 +6,7 @@
 //!    ITC + ITM + MLM.
 //! 3. Fine-tunes and evaluates retrieval, VQA, NLVR2 and SNLI-VE on Shapes, from the pre-trained
 //!    weights and from scratch with the same budget, and VQA on easy-VQA (pre-trained).
-//! 4. Prints the table (task, metric, chance, from scratch, pre-trained) and writes a run
+//! 4. Prints the table (task, metric, chance, text only, from scratch, pre-trained) and writes a run
 //!    directory: `summary.json`, `metrics.json`, `report.md`, `plots/metrics.png` and one trainer
 //!    run directory per training run (loss curves under `*/plots/loss.png`).
 //!
