@@ -1441,3 +1441,80 @@ fn region_descriptions_are_true_of_the_hand_scene() {
         "{seen_relation} {seen_count}"
     );
 }
+
+/// The text → family functions that the quickstart's per-family accuracies use give back the
+/// family of every generated question, statement and hypothesis, before and after ALBEF's text
+/// preprocessing; `nlvr2_families` restricts the statements to those families and rejects
+/// unknown names.
+#[test]
+fn text_families_round_trip_and_nlvr2_families_restrict() {
+    let cfg = ShapesConfig::default();
+    let n = 400;
+    let recs: Vec<_> = (0..n)
+        .map(|i| shapes::build_image(&cfg, Split::Train, i))
+        .collect();
+    let prep = |t: &str| vlp_core::text::pre_caption(t, 60);
+    for r in &recs {
+        for item in &r.vqa {
+            let t = item.question.text();
+            for t in [t.clone(), prep(&t)] {
+                assert_eq!(
+                    shapes::vqa::family_of_text(&t),
+                    Some(item.question.family()),
+                    "{t}"
+                );
+            }
+        }
+        for (h, _) in &r.ve {
+            let t = h.text();
+            for t in [t.clone(), prep(&t)] {
+                assert_eq!(shapes::ve::family_of_text(&t), Some(h.family()), "{t}");
+            }
+        }
+    }
+    let scenes: Vec<Scene> = recs.iter().map(|r| r.scene.clone()).collect();
+    for e in shapes::build_nlvr2(&cfg, Split::Train, &scenes) {
+        let t = e.statement.text();
+        for t in [t.clone(), prep(&t)] {
+            assert_eq!(
+                shapes::nlvr2::family_of_text(&t),
+                Some(e.statement.family()),
+                "{t}"
+            );
+        }
+    }
+    assert_eq!(shapes::nlvr2::family_of_text("a red circle"), None);
+    assert_eq!(shapes::vqa::family_of_text("why?"), None);
+    assert_eq!(shapes::ve::family_of_text("a red circle"), None);
+
+    let exist = ShapesConfig {
+        nlvr2_families: vec!["both".into(), "neither".into()],
+        ..ShapesConfig::default()
+    };
+    exist.validate().unwrap();
+    let nl = shapes::build_nlvr2(&exist, Split::Train, &scenes);
+    assert_eq!(nl.len(), n);
+    assert_eq!(nl.iter().filter(|e| e.label).count(), n / 2);
+    let fams: BTreeSet<&str> = nl.iter().map(|e| e.statement.family()).collect();
+    assert_eq!(fams, BTreeSet::from(["both", "neither"]));
+    for e in &nl {
+        assert_eq!(
+            e.statement.truth(&scenes[e.left], &scenes[e.right]),
+            Some(e.label)
+        );
+    }
+    let bad = ShapesConfig {
+        nlvr2_families: vec!["both".into(), "counting".into()],
+        ..ShapesConfig::default()
+    };
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("nlvr2_families") && err.contains("counting"),
+        "{err}"
+    );
+    let empty = ShapesConfig {
+        nlvr2_families: vec![],
+        ..ShapesConfig::default()
+    };
+    assert!(empty.validate().is_err());
+}

@@ -1158,6 +1158,10 @@ pub struct EvalSetup {
     pub batch_size: usize,
     /// Loader threads for gallery images.
     pub num_workers: usize,
+    /// Optional grouping of VQA / NLVR2 / SNLI-VE examples by their text (for example
+    /// [`crate::shapes::text_family`]): each group's accuracy is reported as `group_<name>`
+    /// (texts it maps to `None` only count in the total).
+    pub groups: Option<fn(&str) -> Option<&'static str>>,
 }
 
 fn load_images(tf: &ImageTransform, paths: &[&Path], dev: Device) -> Result<Tensor> {
@@ -1228,6 +1232,29 @@ fn class_accuracies(m: &mut BTreeMap<String, f64>, gold_pred: &[(i64, i64)], nam
     }
 }
 
+/// `group_<name>`: the mean score (percent) of the examples of each group, `texts_scores`
+/// holding each example's text and score in [0, 1].
+fn group_scores<'t>(
+    m: &mut BTreeMap<String, f64>,
+    groups: Option<fn(&str) -> Option<&'static str>>,
+    texts_scores: impl Iterator<Item = (&'t str, f64)>,
+) {
+    let Some(group_of) = groups else {
+        return;
+    };
+    let mut sums: BTreeMap<&'static str, (f64, usize)> = BTreeMap::new();
+    for (text, score) in texts_scores {
+        if let Some(g) = group_of(text) {
+            let e = sums.entry(g).or_default();
+            e.0 += score;
+            e.1 += 1;
+        }
+    }
+    for (g, (sum, n)) in sums {
+        m.insert(format!("group_{g}"), 100.0 * sum / n as f64);
+    }
+}
+
 fn accuracy_pct(correct: usize, total: usize) -> f64 {
     if total == 0 {
         0.0
@@ -1294,6 +1321,7 @@ fn evaluate_inner(
             let (aid, amask) = (aid.to_device(dev), amask.to_device(dev));
             let k = (setup.k_test as i64).min(answers.len() as i64);
             let mut total = 0.0;
+            let mut scores = Vec::with_capacity(questions.len());
             for chunk in questions.chunks(bs) {
                 let paths: Vec<&Path> = chunk.iter().map(|q| q.image.as_path()).collect();
                 let img = load_images(&setup.transform, &paths, dev)?;
@@ -1305,12 +1333,19 @@ fn evaluate_inner(
                 let best = Vec::<i64>::try_from(ids.select(1, 0).to_device(Device::Cpu))?;
                 for (q, b) in chunk.iter().zip(best) {
                     let pred = &answers[b as usize];
-                    total += question_score(pred, &q.answers, *exact);
+                    let score = question_score(pred, &q.answers, *exact);
+                    total += score;
+                    scores.push(score);
                 }
             }
             m.insert(
                 "vqa_acc".into(),
                 100.0 * total / questions.len().max(1) as f64,
+            );
+            group_scores(
+                &mut m,
+                setup.groups,
+                questions.iter().map(|q| q.question.as_str()).zip(scores),
             );
         }
         (
@@ -1329,14 +1364,19 @@ fn evaluate_inner(
                 )));
             }
             let preds = classify_questions(vqa, questions, setup)?;
-            let mut total = 0.0;
-            for (q, p) in questions.iter().zip(preds) {
-                let pred = &answers[p];
-                total += question_score(pred, &q.answers, *exact);
-            }
+            let scores: Vec<f64> = questions
+                .iter()
+                .zip(preds)
+                .map(|(q, p)| question_score(&answers[p], &q.answers, *exact))
+                .collect();
             m.insert(
                 "vqa_acc".into(),
-                100.0 * total / questions.len().max(1) as f64,
+                100.0 * scores.iter().sum::<f64>() / questions.len().max(1) as f64,
+            );
+            group_scores(
+                &mut m,
+                setup.groups,
+                questions.iter().map(|q| q.question.as_str()).zip(scores),
             );
         }
         (EvalData::Nlvr2(ex), AlbefModel::Nlvr2(nl)) => {
@@ -1353,6 +1393,13 @@ fn evaluate_inner(
                 gold_pred.extend(chunk.iter().zip(pred).map(|(e, p)| (e.3, p)));
             }
             class_accuracies(&mut m, &gold_pred, &["false", "true"]);
+            group_scores(
+                &mut m,
+                setup.groups,
+                ex.iter()
+                    .zip(&gold_pred)
+                    .map(|(e, (g, p))| (e.2.as_str(), f64::from(u8::from(g == p)))),
+            );
         }
         (EvalData::Ve(ex), AlbefModel::Ve(ve)) => {
             let mut gold_pred = Vec::with_capacity(ex.len());
@@ -1370,6 +1417,13 @@ fn evaluate_inner(
                 &mut m,
                 &gold_pred,
                 &["contradiction", "neutral", "entailment"],
+            );
+            group_scores(
+                &mut m,
+                setup.groups,
+                ex.iter()
+                    .zip(&gold_pred)
+                    .map(|(e, (g, p))| (e.1.as_str(), f64::from(u8::from(g == p)))),
             );
         }
         (d, model) => {

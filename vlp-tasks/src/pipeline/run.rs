@@ -284,6 +284,7 @@ fn eval_setup(exp: &ExperimentConfig, enc: TextEncoder) -> Result<EvalSetup> {
         k_test: exp.eval.k_test,
         batch_size: exp.eval.batch_size,
         num_workers: exp.data.num_workers,
+        groups: None,
     })
 }
 

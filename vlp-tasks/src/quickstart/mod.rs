@@ -605,7 +605,15 @@ pub fn run_plan_with(
     if plan.easy_vqa.is_some() && easy_dir.is_none() {
         println!("        easy-VQA not found (install the `easy-vqa` package): skipped");
     }
-    let ctx = Ctx::new(plan, out, shapes_dir, easy_dir.as_deref(), device)?;
+    let mut ctx = Ctx::new(plan, out, shapes_dir, easy_dir.as_deref(), device)?;
+    if let Some(dir) = &opts.pretrained {
+        if let Some(lacking) = ctx.adopt_vocab(dir)? {
+            println!(
+                "        vocabulary: the pre-training's ({lacking} word(s) of these data are not in it \
+                 and read as [UNK])"
+            );
+        }
+    }
 
     log(
         &mut step,

@@ -201,6 +201,34 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// Tokenizes with the vocabulary a pre-training run was trained with, when one lies beside it
+    /// (`<dir>/vocab.txt` or `<dir>/../vocab.txt`, as a quickstart run directory holds it) and
+    /// differs from this run's: a word embedding is only meaningful with the word ids it was
+    /// trained on. Returns how many words of this run's data that vocabulary lacks (they become
+    /// `[UNK]`), or `None` when there is no such vocabulary or it is the same.
+    pub fn adopt_vocab(&mut self, pretrained: &Path) -> Result<Option<usize>> {
+        let found = [
+            pretrained.join("vocab.txt"),
+            pretrained.join("..").join("vocab.txt"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file());
+        let Some(theirs) = found else {
+            return Ok(None);
+        };
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| VlpError::io(p, e));
+        let (mine, other) = (read(&self.vocab)?, read(&theirs)?);
+        if mine == other {
+            return Ok(None);
+        }
+        let known: std::collections::HashSet<&str> = other.lines().collect();
+        let lacking = mine.lines().filter(|w| !known.contains(w)).count();
+        crate::train::checkpoint::write_atomic(&self.vocab, other.as_bytes())?;
+        self.tokenizer = Arc::new(Tokenizer::from_file(&self.vocab)?);
+        self.vocab_size = other.lines().count();
+        Ok(Some(lacking))
+    }
+
     fn enc(&self) -> TextEncoder {
         TextEncoder {
             tokenizer: self.tokenizer.clone(),
@@ -410,8 +438,10 @@ impl<'a> Ctx<'a> {
         let guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(exp.train.seed as i64);
         let mut model = AlbefModel::build_for(exp, &cfg, self.device)?;
+        let mut mismatched = Vec::new();
         if let Some(init) = &exp.model.init {
             let report = load_init(&mut model, init, exp.model.init_mode)?;
+            mismatched = report.mismatched.clone();
             let mut prefixes: Vec<String> = report
                 .missing
                 .iter()
@@ -433,6 +463,18 @@ impl<'a> Ctx<'a> {
             );
         }
         drop(guard);
+        if let (Some(init), Some(m)) = (&exp.model.init, mismatched.first()) {
+            return Err(VlpError::Msg(format!(
+                "{name}: {} does not fit the model: {} mis-shaped tensor(s), first `{}` \
+                 (checkpoint {:?}, model {:?}); was it pre-trained with another vocabulary \
+                 or preset?",
+                init.display(),
+                mismatched.len(),
+                m.key,
+                m.found,
+                m.expected
+            )));
+        }
         let ds = self.dataset(exp, &cfg)?;
         let mut lc = LoaderConfig::new(exp.train.batch_size);
         lc.seed = exp.train.seed;
@@ -550,6 +592,12 @@ impl<'a> Ctx<'a> {
             k_test: exp.eval.k_test,
             batch_size: exp.eval.batch_size,
             num_workers: self.plan.workers,
+            groups: match kind {
+                TaskKind::Vqa => Some(crate::shapes::vqa::family_of_text),
+                TaskKind::Nlvr2 => Some(crate::shapes::nlvr2::family_of_text),
+                TaskKind::Ve => Some(crate::shapes::ve::family_of_text),
+                TaskKind::Retrieval | TaskKind::EasyVqa => None,
+            },
         };
         let chance = chance_level(&data);
         let text_prior = if kind == TaskKind::Retrieval {

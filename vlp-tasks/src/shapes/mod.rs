@@ -83,6 +83,9 @@ pub struct ShapesConfig {
     pub answer_noise: f64,
     /// NLVR2 statements per image (each image is the left image of this many pairs).
     pub nlvr2_per_image: usize,
+    /// The NLVR2 statement families drawn from (names of [`nlvr2::FAMILIES`]; default all
+    /// seven). With all seven the data are those of earlier versions, byte for byte.
+    pub nlvr2_families: Vec<String>,
     /// SNLI-VE hypotheses per image (3 = one of each label).
     pub ve_per_image: usize,
     /// Write region features.
@@ -110,6 +113,7 @@ impl Default for ShapesConfig {
             questions_per_image: 5,
             answer_noise: 0.15,
             nlvr2_per_image: 1,
+            nlvr2_families: nlvr2::FAMILIES.iter().map(|f| f.to_string()).collect(),
             ve_per_image: 3,
             regions: true,
             region_dim: 2048,
@@ -165,6 +169,19 @@ impl ShapesConfig {
             "light_backgrounds: expected a probability in [0, 1]",
         )?;
         check(self.region_dim >= 1, "region_dim: expected >= 1")?;
+        check(
+            !self.nlvr2_families.is_empty(),
+            "nlvr2_families: expected at least one family",
+        )?;
+        for f in &self.nlvr2_families {
+            check(
+                nlvr2::FAMILIES.contains(&f.as_str()),
+                &format!(
+                    "nlvr2_families: unknown family `{f}` (expected some of {})",
+                    nlvr2::FAMILIES.join(", ")
+                ),
+            )?;
+        }
         let total = self.train_images + self.val_images + self.test_images;
         check(
             total < 100_000_000,
@@ -369,6 +386,11 @@ pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nl
         return Vec::new();
     }
     let total = n * cfg.nlvr2_per_image;
+    let families: Vec<&'static str> = nlvr2::FAMILIES
+        .iter()
+        .copied()
+        .filter(|f| cfg.nlvr2_families.iter().any(|g| g == f))
+        .collect();
     let mut labels: Vec<bool> = (0..total).map(|k| k % 2 == 0).collect();
     Stream::new(cfg.seed, Purpose::Nlvr2, split.code(), u64::MAX).shuffle(&mut labels);
     (0..total)
@@ -380,7 +402,7 @@ pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nl
             loop {
                 let right = (left + 1 + rng.below(n - 1)) % n;
                 if let Some(statement) =
-                    nlvr2::statement(&scenes[left], &scenes[right], target, &mut rng)
+                    nlvr2::statement_of(&families, &scenes[left], &scenes[right], target, &mut rng)
                 {
                     return Nlvr2Item {
                         left,

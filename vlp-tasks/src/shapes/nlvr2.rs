@@ -94,6 +94,32 @@ pub const FAMILIES: [&str; 7] = [
     "relation",
 ];
 
+/// The family (one of [`FAMILIES`]) of a statement's text, as [`Statement::text`] writes it or
+/// after ALBEF's caption preprocessing (lower case, no punctuation); `None` for other text.
+pub fn family_of_text(text: &str) -> Option<&'static str> {
+    let t = text.trim_start();
+    if t.starts_with("in the ") {
+        Some("relation")
+    } else if t.starts_with("both images contain ") {
+        Some("both")
+    } else if t.starts_with("exactly one image contains ") {
+        Some("exactly_one")
+    } else if t.starts_with("neither image contains ") {
+        Some("neither")
+    } else if t.starts_with("the two images contain the same number of ") {
+        Some("same_count")
+    } else if t.starts_with("there ") && t.trim_end().ends_with(" in total") {
+        Some("total")
+    } else if (t.starts_with("the left image has more ")
+        || t.starts_with("the right image has more "))
+        && t.contains(" image")
+    {
+        Some("more")
+    } else {
+        None
+    }
+}
+
 impl Statement {
     /// The sentence.
     pub fn text(&self) -> String {
@@ -314,7 +340,19 @@ fn candidates(family: &str, left: &Scene, right: &Scene, rng: &mut Stream) -> Ve
 /// a random decidable candidate with the wanted truth value is returned; `None` when no family
 /// has one.
 pub fn statement(left: &Scene, right: &Scene, target: bool, rng: &mut Stream) -> Option<Statement> {
-    let mut families = FAMILIES;
+    statement_of(&FAMILIES, left, right, target, rng)
+}
+
+/// [`statement`] drawing from `families` only (names of [`FAMILIES`]; an unknown name has no
+/// candidates).
+pub fn statement_of(
+    families: &[&str],
+    left: &Scene,
+    right: &Scene,
+    target: bool,
+    rng: &mut Stream,
+) -> Option<Statement> {
+    let mut families = families.to_vec();
     rng.shuffle(&mut families);
     for family in families {
         let fitting: Vec<Statement> = candidates(family, left, right, rng)

@@ -116,6 +116,36 @@ fn attr_text(value: Attr) -> String {
     }
 }
 
+/// The family ("exists", "not_exists", "count", "attribute", "relation", "all",
+/// "unobservable", as [`Hypothesis::family`]) of a hypothesis's text, as [`Hypothesis::text`]
+/// writes it or after ALBEF's caption preprocessing (lower case, no punctuation); `None` for
+/// other text.
+pub fn family_of_text(text: &str) -> Option<&'static str> {
+    let t = text.trim();
+    if t.starts_with("there is no ") {
+        Some("not_exists")
+    } else if t.starts_with("there is exactly ") || t.starts_with("there are exactly ") {
+        Some("count")
+    } else if t.starts_with("there is ") {
+        Some("exists")
+    } else if t.starts_with("all objects are ") {
+        Some("all")
+    } else if !t.starts_with("the ") {
+        None
+    } else if UNOBSERVABLE.iter().any(|p| t.ends_with(&format!(" {p}"))) {
+        Some("unobservable")
+    } else if Relation::ALL
+        .iter()
+        .any(|r| t.contains(&format!(" is {} the ", r.long_phrase())))
+    {
+        Some("relation")
+    } else if t.contains(" is ") {
+        Some("attribute")
+    } else {
+        None
+    }
+}
+
 impl Hypothesis {
     /// The sentence.
     pub fn text(&self) -> String {

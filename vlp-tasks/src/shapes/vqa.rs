@@ -43,6 +43,22 @@ pub enum Question {
 /// The five question families, in the order used to rotate over an image's questions.
 pub const FAMILIES: [&str; 5] = ["colour", "shape", "count", "exist", "relation"];
 
+/// The family (one of [`FAMILIES`]) of a question's text, as [`Question::text`] writes it or
+/// after ALBEF's caption preprocessing (lower case, no "?"); `None` for other text.
+pub fn family_of_text(text: &str) -> Option<&'static str> {
+    let t = text.trim_start();
+    [
+        ("what color is the ", "colour"),
+        ("what shape is the ", "shape"),
+        ("how many ", "count"),
+        ("is there ", "exist"),
+        ("what is ", "relation"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| t.starts_with(prefix))
+    .map(|(_, f)| f)
+}
+
 impl Question {
     /// The question text (lower case, ends with "?").
     pub fn text(&self) -> String {
