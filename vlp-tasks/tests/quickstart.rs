@@ -32,6 +32,28 @@ fn check_schema(dir: &Path, s: &Summary) {
         } else {
             assert!(t["from_scratch"].as_f64().is_some(), "{k}: {t}");
         }
+        // Shapes VQA / NLVR2 / SNLI-VE: an accuracy per question / statement family, each a
+        // percentage, the families those of the generator.
+        let families: &[&str] = match k {
+            "vqa" => &vlp_tasks::shapes::vqa::FAMILIES,
+            "nlvr2" => &vlp_tasks::shapes::nlvr2::FAMILIES,
+            "ve" => &["exists", "not_exists", "count", "attribute", "relation", "all", "unobservable"],
+            _ => &[],
+        };
+        for arm in ["from_scratch_details", "pretrained_details"] {
+            let groups: Vec<&String> = t[arm]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|g| g.starts_with("group_"))
+                .collect();
+            assert_eq!(groups.is_empty(), families.is_empty(), "{k} {arm}: {t}");
+            for g in groups {
+                assert!(families.contains(&&g["group_".len()..]), "{k}: {g}");
+                let v = t[arm][g].as_f64().unwrap();
+                assert!((0.0..=100.0).contains(&v), "{k} {g}: {v}");
+            }
+        }
     }
     assert!(v["pretrain"]["steps"].as_u64().unwrap() > 0);
     let back: Summary = serde_json::from_value(v).unwrap();
@@ -51,7 +73,10 @@ fn check_schema(dir: &Path, s: &Summary) {
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(
-        md.contains("| Shapes VQA |") && md.contains("| easy-VQA |") && md.contains("text only"),
+        md.contains("| Shapes VQA |")
+            && md.contains("| easy-VQA |")
+            && md.contains("text only")
+            && md.contains("Shapes NLVR2 per question / statement family"),
         "{md}"
     );
 }

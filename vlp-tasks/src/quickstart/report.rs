@@ -198,6 +198,29 @@ fn easy_vqa_types(t: &TaskSummary) -> Vec<String> {
     out
 }
 
+/// The `group_<family>` metrics of a task's two runs: (family, from scratch, pre-trained).
+fn family_rows(t: &TaskSummary) -> Vec<(String, Option<f64>, Option<f64>)> {
+    let mut names: Vec<&str> = t
+        .from_scratch_details
+        .keys()
+        .chain(t.pretrained_details.keys())
+        .filter_map(|k| k.strip_prefix("group_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| {
+            let key = format!("group_{n}");
+            (
+                n.to_string(),
+                t.from_scratch_details.get(&key).copied(),
+                t.pretrained_details.get(&key).copied(),
+            )
+        })
+        .collect()
+}
+
 /// `report.md`: the table, the per-type easy-VQA accuracies, the pre-training losses, timings,
 /// and links to the plots and run directories.
 pub fn markdown(s: &Summary) -> String {
@@ -243,6 +266,25 @@ pub fn markdown(s: &Summary) -> String {
             m.push_str("\neasy-VQA accuracy per answer type: ");
             m.push_str(&lines.join("; "));
             m.push_str(".\n");
+        }
+    }
+    for (_, t) in s.ordered() {
+        let rows = family_rows(t);
+        if rows.is_empty() {
+            continue;
+        }
+        m.push_str(&format!(
+            "\n{} per question / statement family (accuracy, %):\n\n| family | from scratch | pre-trained | gain |\n|---|---:|---:|---:|\n",
+            t.task
+        ));
+        for (family, a, b) in rows {
+            let gain = a.zip(b).map(|(a, b)| b - a);
+            m.push_str(&format!(
+                "| {family} | {} | {} | {} |\n",
+                fmt_opt(a),
+                fmt_opt(b),
+                fmt_gain(gain)
+            ));
         }
     }
     let p = &s.pretrain;

@@ -51,6 +51,13 @@ pub struct GenerateArgs {
     /// Do not write region features.
     #[arg(long)]
     pub no_regions: bool,
+    /// NLVR2 statements per image.
+    #[arg(long)]
+    pub nlvr2_per_image: Option<usize>,
+    /// NLVR2 statement families, comma-separated (some of more, both, exactly_one, neither,
+    /// same_count, total, relation; default all).
+    #[arg(long, value_delimiter = ',')]
+    pub nlvr2_families: Option<Vec<String>>,
 }
 
 impl GenerateArgs {
@@ -89,6 +96,12 @@ impl GenerateArgs {
         }
         if self.no_regions {
             cfg.regions = false;
+        }
+        if let Some(v) = self.nlvr2_per_image {
+            cfg.nlvr2_per_image = v;
+        }
+        if let Some(v) = &self.nlvr2_families {
+            cfg.nlvr2_families = v.clone();
         }
         cfg.validate()?;
         Ok(cfg)
