@@ -158,10 +158,7 @@ impl MultiHeadAttention {
         let proj = match &cfg.layout {
             QkvLayout::Fused { bias } => {
                 assert_eq!(kv_dim, d, "a fused qkv projection cannot cross-attend");
-                let lc = nn::LinearConfig {
-                    bias: *bias,
-                    ..Default::default()
-                };
+                let lc = crate::layers::linear_config(*bias);
                 QkvProj::Fused(nn::linear(p / "qkv", d, 3 * d, lc))
             }
             QkvLayout::FusedQv => {
@@ -180,10 +177,7 @@ impl MultiHeadAttention {
                 }
             }
             QkvLayout::Separate { names, bias } => {
-                let lc = nn::LinearConfig {
-                    bias: *bias,
-                    ..Default::default()
-                };
+                let lc = crate::layers::linear_config(*bias);
                 QkvProj::Separate {
                     q: nn::linear(p / names[0].as_str(), d, d, lc),
                     k: nn::linear(p / names[1].as_str(), kv_dim, d, lc),
@@ -216,10 +210,7 @@ impl MultiHeadAttention {
             (other.dim, other.num_heads),
             "shared key/value: other width/heads"
         );
-        let lc = nn::LinearConfig {
-            bias: *bias,
-            ..Default::default()
-        };
+        let lc = crate::layers::linear_config(*bias);
         let share = |name: &str, lin: &nn::Linear| {
             let q = p / name;
             let _ = q.add("weight", lin.ws.shallow_clone(), false);

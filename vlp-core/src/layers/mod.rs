@@ -76,22 +76,34 @@ pub fn layer_norm(p: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
     )
 }
 
-/// A Linear with bias, `weight` and `bias` under `p`.
-pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
-    nn::linear(p, i, o, Default::default())
+/// Standard deviation of the initial Linear weights: BERT's `initializer_range` and timm ViT's
+/// `trunc_normal_(std=.02)`, the `_init_weights` of every model of the zoo (only what is trained
+/// from scratch depends on it; a loaded checkpoint overwrites it).
+pub const INIT_STD: f64 = 0.02;
+
+/// The [`nn::LinearConfig`] of the official `_init_weights`: weights N(0, [`INIT_STD`]²), biases
+/// zero. (tch's default — Kaiming-uniform for ReLU, std √(2/fan_in), 0.125 at width 128, and
+/// uniform biases — is six times wider: a model trained from scratch with it barely moves from
+/// its initialisation in a few hundred steps.)
+pub fn linear_config(bias: bool) -> nn::LinearConfig {
+    nn::LinearConfig {
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: INIT_STD,
+        },
+        bs_init: bias.then_some(nn::Init::Const(0.0)),
+        bias,
+    }
 }
 
-/// A Linear without bias.
+/// A Linear with bias, `weight` and `bias` under `p` ([`linear_config`] initialisation).
+pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
+    nn::linear(p, i, o, linear_config(true))
+}
+
+/// A Linear without bias ([`linear_config`] initialisation).
 pub fn linear_no_bias(p: nn::Path, i: i64, o: i64) -> nn::Linear {
-    nn::linear(
-        p,
-        i,
-        o,
-        nn::LinearConfig {
-            bias: false,
-            ..Default::default()
-        },
-    )
+    nn::linear(p, i, o, linear_config(false))
 }
 
 /// Two-layer MLP `fc2(drop(act(fc1(x))))` with timm's names `fc1`/`fc2`, optionally with an inner

@@ -124,8 +124,19 @@ pub struct PatchEmbed {
 impl PatchEmbed {
     /// Builds `…/proj` under `p` (`…/patch_embed`).
     pub fn new(p: &nn::Path, in_chans: i64, dim: i64, patch: i64) -> Self {
+        // PyTorch's Conv2d default (the official ViTs leave the patch projection to it):
+        // weight and bias uniform in ±1/√fan_in.
+        let bound = 1.0 / ((in_chans * patch * patch) as f64).sqrt();
         let cc = nn::ConvConfig {
             stride: patch,
+            ws_init: nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+            bs_init: nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
             ..Default::default()
         };
         PatchEmbed {
