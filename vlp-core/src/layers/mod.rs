@@ -101,6 +101,27 @@ pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     nn::linear(p, i, o, linear_config(true))
 }
 
+/// A Linear at PyTorch's `nn.Linear` default: weight and bias uniform in ±1/√`i`. For the heads
+/// that the official code creates as plain `nn.Linear` and never re-initialises (ALBEF / BLIP
+/// `vision_proj`, `text_proj`, `itm_head`, `cls_head`, …).
+pub fn linear_torch(p: nn::Path, i: i64, o: i64) -> nn::Linear {
+    let bound = 1.0 / (i as f64).sqrt();
+    let u = nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    };
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: u,
+            bs_init: Some(u),
+            bias: true,
+        },
+    )
+}
+
 /// A Linear without bias ([`linear_config`] initialisation).
 pub fn linear_no_bias(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     nn::linear(p, i, o, linear_config(false))

@@ -43,7 +43,7 @@ use vlp_core::attention::{padding_mask, BERT_MASK_VALUE};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer, CrossInput};
 use vlp_core::layers::vit::{interpolate_pos_embed, VitConfig};
-use vlp_core::layers::{layer_norm, linear, Activation};
+use vlp_core::layers::{layer_norm, linear, linear_torch, Activation};
 use vlp_core::{Result, VlpError};
 
 pub mod nlvr;
@@ -520,8 +520,8 @@ impl ClsHead {
     /// Builds under `p` (`cls_head`, `cls_head_m`).
     pub fn new(p: &nn::Path, d: i64, n: i64) -> Self {
         ClsHead {
-            fc0: linear(p / "0", d, d),
-            fc2: linear(p / "2", d, n),
+            fc0: linear_torch(p / "0", d, d),
+            fc2: linear_torch(p / "2", d, n),
         }
     }
     /// Logits `[B, n]` of `[B, D]`.

@@ -31,7 +31,7 @@ use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
-use vlp_core::layers::linear;
+use vlp_core::layers::linear_torch;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
 
@@ -153,10 +153,10 @@ impl AlbefNlvrPretrain {
         let d = cfg.bert.hidden_size;
         let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &cfg.vit());
         let text_encoder = nlvr_text_encoder(&(&r / "text_encoder"), &cfg.bert, layout)?;
-        let vision_proj = linear(&r / "vision_proj", cfg.vision_width, cfg.embed_dim);
-        let text_proj = linear(&r / "text_proj", d, cfg.embed_dim);
+        let vision_proj = linear_torch(&r / "vision_proj", cfg.vision_width, cfg.embed_dim);
+        let text_proj = linear_torch(&r / "text_proj", d, cfg.embed_dim);
         let temp = r.var("temp", &[], nn::Init::Const(cfg.temp));
-        let ta_head = linear(&r / "ta_head", d, 3);
+        let ta_head = linear_torch(&r / "ta_head", d, 3);
         Ok(AlbefNlvrPretrain {
             vs,
             cfg: cfg.clone(),

@@ -24,7 +24,7 @@ use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Tensor};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::CrossInput;
-use vlp_core::layers::linear;
+use vlp_core::layers::linear_torch;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itc::{itc_with_queue, ItcQueueInputs, ItcQueueOutput};
@@ -228,14 +228,14 @@ impl AlbefPretrain {
         let (dv, dt, e) = (cfg.vision_width, cfg.bert.hidden_size, cfg.embed_dim);
         let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
         let text_encoder = AlbefMaskedLm::new(&(&r / "text_encoder"), &cfg.bert)?;
-        let vision_proj = linear(&r / "vision_proj", dv, e);
-        let text_proj = linear(&r / "text_proj", dt, e);
+        let vision_proj = linear_torch(&r / "vision_proj", dv, e);
+        let text_proj = linear_torch(&r / "text_proj", dt, e);
         let temp = r.var("temp", &[], nn::Init::Const(cfg.temp));
-        let itm_head = linear(&r / "itm_head", dt, 2);
+        let itm_head = linear_torch(&r / "itm_head", dt, 2);
         let visual_encoder_m = VisionTransformer::new(&(&r / "visual_encoder_m"), &vit);
-        let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
+        let vision_proj_m = linear_torch(&r / "vision_proj_m", dv, e);
         let text_encoder_m = AlbefMaskedLm::new(&(&r / "text_encoder_m"), &cfg.bert)?;
-        let text_proj_m = linear(&r / "text_proj_m", dt, e);
+        let text_proj_m = linear_torch(&r / "text_proj_m", dt, e);
         let queues = register_queues(&r, e, cfg.queue_size, false, "queue_ptr");
         init_momentum(&vs, PRETRAIN_PAIRS)?;
         Ok(AlbefPretrain {

@@ -35,7 +35,7 @@ use crate::common::{
 use crate::{Tensors, VlpModel};
 use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
-use vlp_core::layers::linear;
+use vlp_core::layers::linear_torch;
 use vlp_core::layers::vit::VisionTransformer;
 use vlp_core::{Result, VlpError};
 use vlp_objectives::itc::{itc_with_queue, ItcQueueInputs, ItcQueueOutput};
@@ -279,13 +279,13 @@ impl BlipPretrain {
         let (dt, e, q) = (med.hidden_size, cfg.embed_dim, cfg.queue_size);
         let visual_encoder = VisionTransformer::new(&(&r / "visual_encoder"), &vit);
         let text_encoder = MedBert::new(&(&r / "text_encoder"), &med)?;
-        let vision_proj = linear(&r / "vision_proj", dv, e);
-        let text_proj = linear(&r / "text_proj", dt, e);
-        let itm_head = linear(&r / "itm_head", dt, 2);
+        let vision_proj = linear_torch(&r / "vision_proj", dv, e);
+        let text_proj = linear_torch(&r / "text_proj", dt, e);
+        let itm_head = linear_torch(&r / "itm_head", dt, 2);
         let visual_encoder_m = VisionTransformer::new(&(&r / "visual_encoder_m"), &vit_m);
-        let vision_proj_m = linear(&r / "vision_proj_m", dv, e);
+        let vision_proj_m = linear_torch(&r / "vision_proj_m", dv, e);
         let text_encoder_m = MedBert::new(&(&r / "text_encoder_m"), &med)?;
-        let text_proj_m = linear(&r / "text_proj_m", dt, e);
+        let text_proj_m = linear_torch(&r / "text_proj_m", dt, e);
         let queues = register_queues(&r, e, q, false, "queue_ptr");
         let temp = r.var("temp", &[], nn::Init::Const(0.07));
         let text_decoder = TiedDecoder::new(&vs, &text_encoder)?;
