@@ -37,15 +37,7 @@ fn check_schema(dir: &Path, s: &Summary) {
         let families: &[&str] = match k {
             "vqa" => &vlp_tasks::shapes::vqa::FAMILIES,
             "nlvr2" => &vlp_tasks::shapes::nlvr2::FAMILIES,
-            "ve" => &[
-                "exists",
-                "not_exists",
-                "count",
-                "attribute",
-                "relation",
-                "all",
-                "unobservable",
-            ],
+            "ve" => &vlp_tasks::shapes::ve::FAMILIES,
             _ => &[],
         };
         for arm in ["from_scratch_details", "pretrained_details"] {

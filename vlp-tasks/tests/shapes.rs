@@ -1466,6 +1466,7 @@ fn text_families_round_trip_and_nlvr2_families_restrict() {
             }
         }
         for (h, _) in &r.ve {
+            assert!(shapes::ve::FAMILIES.contains(&h.family()), "{}", h.family());
             let t = h.text();
             for t in [t.clone(), prep(&t)] {
                 assert_eq!(shapes::ve::family_of_text(&t), Some(h.family()), "{t}");

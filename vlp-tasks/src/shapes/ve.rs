@@ -218,14 +218,26 @@ impl Hypothesis {
     }
 }
 
-/// The families of decidable hypotheses (each can be made true or false).
-const DECIDABLE: [&str; 6] = [
+/// Every hypothesis family ([`Hypothesis::family`]): the six decidable ones, then the neutral
+/// `unobservable`.
+pub const FAMILIES: [&str; 7] = [
     "exists",
     "not_exists",
     "count",
     "attribute",
     "relation",
     "all",
+    "unobservable",
+];
+
+/// The families of decidable hypotheses (each can be made true or false).
+const DECIDABLE: [&str; 6] = [
+    FAMILIES[0],
+    FAMILIES[1],
+    FAMILIES[2],
+    FAMILIES[3],
+    FAMILIES[4],
+    FAMILIES[5],
 ];
 
 /// Candidate decidable hypotheses of a family (both truth values mixed).
