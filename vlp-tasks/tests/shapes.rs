@@ -1248,13 +1248,18 @@ fn light_backgrounds_change_only_the_background() {
 
 // ---------------------------------------------------------------- generated items, balance
 
+/// The first `n` training images of `cfg`, with their texts.
+fn train_records(cfg: &ShapesConfig, n: usize) -> Vec<shapes::ImageRecord> {
+    (0..n)
+        .map(|i| shapes::build_image(cfg, Split::Train, i))
+        .collect()
+}
+
 #[test]
 fn generated_items_are_labelled_by_their_evaluator_and_balanced() {
     let cfg = ShapesConfig::default();
     let n = 600;
-    let recs: Vec<_> = (0..n)
-        .map(|i| shapes::build_image(&cfg, Split::Train, i))
-        .collect();
+    let recs = train_records(&cfg, n);
     let mut families: BTreeMap<&str, usize> = BTreeMap::new();
     let mut yes = [0usize; 2];
     let mut ve: BTreeMap<&str, usize> = BTreeMap::new();
@@ -1450,9 +1455,7 @@ fn region_descriptions_are_true_of_the_hand_scene() {
 fn text_families_round_trip_and_nlvr2_families_restrict() {
     let cfg = ShapesConfig::default();
     let n = 400;
-    let recs: Vec<_> = (0..n)
-        .map(|i| shapes::build_image(&cfg, Split::Train, i))
-        .collect();
+    let recs = train_records(&cfg, n);
     let prep = |t: &str| vlp_core::text::pre_caption(t, 60);
     for r in &recs {
         for item in &r.vqa {
@@ -1518,4 +1521,14 @@ fn text_families_round_trip_and_nlvr2_families_restrict() {
         ..ShapesConfig::default()
     };
     assert!(empty.validate().is_err());
+    // Unvalidated, a config with no known family draws no statement (rather than looping).
+    assert!(shapes::build_nlvr2(&bad_only(), Split::Train, &scenes).is_empty());
+    assert!(shapes::build_nlvr2(&empty, Split::Train, &scenes).is_empty());
+}
+
+fn bad_only() -> ShapesConfig {
+    ShapesConfig {
+        nlvr2_families: vec!["counting".into()],
+        ..ShapesConfig::default()
+    }
 }

@@ -378,7 +378,7 @@ pub struct Nlvr2Item {
 }
 
 /// The NLVR2 examples of a split, given its scenes (`nlvr2_per_image` per image; none when the
-/// split has fewer than 2 images). Labels are exactly balanced (a shuffled half/half list);
+/// split has fewer than 2 images or `nlvr2_families` names no known family). Labels are exactly balanced (a shuffled half/half list);
 /// each example's right image is another random image of the split.
 pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nlvr2Item> {
     let n = scenes.len();
@@ -391,6 +391,10 @@ pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nl
         .copied()
         .filter(|f| cfg.nlvr2_families.iter().any(|g| g == f))
         .collect();
+    if families.is_empty() {
+        // No known family (a config that skipped `validate`): no statement can be drawn.
+        return Vec::new();
+    }
     let mut labels: Vec<bool> = (0..total).map(|k| k % 2 == 0).collect();
     Stream::new(cfg.seed, Purpose::Nlvr2, split.code(), u64::MAX).shuffle(&mut labels);
     (0..total)
