@@ -202,16 +202,16 @@ impl<'a> Ctx<'a> {
     }
 
     /// Tokenizes with the vocabulary a pre-training run was trained with, when one lies beside it
-    /// (`vocab.txt` in the directory `pretrained` is or lies in, or one of the two above it: a
-    /// quickstart run directory holds it beside `pretrain/`) and
-    /// differs from this run's: a word embedding is only meaningful with the word ids it was
+    /// (`vocab.txt` in the directory `pretrained` is or lies in, or one of the three above it:
+    /// a quickstart run directory holds it beside `pretrain/`, whose checkpoint files lie in
+    /// `pretrain/checkpoints/step-N/`) and differs from this run's: a word embedding is only meaningful with the word ids it was
     /// trained on. Returns how many words of this run's data that vocabulary lacks (they become
     /// `[UNK]`), or `None` when there is no such vocabulary or it is the same.
     pub fn adopt_vocab(&mut self, pretrained: &Path) -> Result<Option<usize>> {
         let found = pretrained
             .ancestors()
             .filter(|d| d.is_dir())
-            .take(3)
+            .take(4)
             .map(|d| d.join("vocab.txt"))
             .find(|p| p.is_file());
         let Some(theirs) = found else {
