@@ -237,6 +237,27 @@ impl MultiHeadAttention {
         }
     }
 
+    /// The query, key and value weights `[D, in]` as views of the parameters (rows of the fused
+    /// `qkv.weight` for the fused layouts), for initialisations that write into them in place.
+    pub fn qkv_weights(&self) -> [Tensor; 3] {
+        let d = self.dim;
+        match &self.proj {
+            QkvProj::Fused(nn::Linear { ws: w, .. }) | QkvProj::FusedQv { weight: w, .. } => {
+                [w.narrow(0, 0, d), w.narrow(0, d, d), w.narrow(0, 2 * d, d)]
+            }
+            QkvProj::Separate { q, k, v } => [
+                q.ws.shallow_clone(),
+                k.ws.shallow_clone(),
+                v.ws.shallow_clone(),
+            ],
+        }
+    }
+
+    /// Number of heads.
+    pub fn num_heads(&self) -> i64 {
+        self.num_heads
+    }
+
     /// Width of the output.
     pub fn dim(&self) -> i64 {
         self.dim

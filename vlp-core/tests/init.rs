@@ -1,10 +1,12 @@
 //! Training from scratch starts where the official code starts: Linear weights N(0, 0.02²) with
 //! zero biases (BERT's `initializer_range`, timm's `trunc_normal_(std=.02)`), the ViT patch
 //! projection at PyTorch's Conv2d default (uniform in ±1/√fan_in) — not tch's Kaiming-uniform
-//! default, six times wider.
+//! default, six times wider. The ViT's optional mimetic initialisation (`VitInit::Mimetic`) gives
+//! its attention the structure the paper prescribes and leaves everything else official.
 use tch::{nn, Device, Kind, Tensor};
 use vlp_core::attention::{AttentionConfig, MultiHeadAttention, QkvLayout};
-use vlp_core::layers::{linear, linear_no_bias, vit::PatchEmbed, INIT_STD};
+use vlp_core::layers::vit::{PatchEmbed, VisionTransformer, VitConfig, VitInit, MIMETIC};
+use vlp_core::layers::{linear, linear_no_bias, INIT_STD};
 
 fn std_of(t: &Tensor) -> f64 {
     t.to_kind(Kind::Double).std(true).double_value(&[])
@@ -53,5 +55,83 @@ fn the_patch_projection_starts_at_pytorch_conv_default() {
             m <= bound && m > 0.9 * bound,
             "{name}: |w| max {m}, bound {bound}"
         );
+    }
+}
+
+fn vit_with(init: VitInit) -> (nn::VarStore, VitConfig) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = VitConfig {
+        img_size: 32,
+        patch_size: 8,
+        embed_dim: 128,
+        depth: 2,
+        num_heads: 4,
+        init,
+        ..VitConfig::default()
+    };
+    let _vit = VisionTransformer::new(&(vs.root() / "visual_encoder"), &cfg);
+    (vs, cfg)
+}
+
+fn var(vs: &nn::VarStore, name: &str) -> Tensor {
+    vs.variables()
+        .remove(name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .to_kind(Kind::Double)
+}
+
+#[test]
+fn the_vit_keeps_the_official_initialisation_unless_asked() {
+    let (vs, _) = vit_with(VitInit::Official);
+    for b in 0..2 {
+        for n in ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"] {
+            let w = var(&vs, &format!("visual_encoder.blocks.{b}.{n}.weight"));
+            let s = std_of(&w);
+            assert!((s - INIT_STD).abs() < 0.002, "block {b} {n}: std {s}");
+        }
+    }
+}
+
+#[test]
+fn mimetic_initialisation_gives_the_attention_its_target_structure() {
+    let [a1, b1, a2, b2] = MIMETIC;
+    let (vs, cfg) = vit_with(VitInit::Mimetic);
+    let d = cfg.embed_dim;
+    let hd = d / cfg.num_heads;
+    let eye = Tensor::eye(d, (Kind::Double, Device::Cpu));
+    for b in 0..2 {
+        let qkv = var(&vs, &format!("visual_encoder.blocks.{b}.attn.qkv.weight"));
+        let proj = var(&vs, &format!("visual_encoder.blocks.{b}.attn.proj.weight"));
+        // Value then output projection: x ↦ x W_vᵀ W_projᵀ = x (α₂Z − β₂I) exactly, Z ~ N(0, 1/D).
+        let m = qkv
+            .narrow(0, 2 * d, d)
+            .transpose(0, 1)
+            .matmul(&proj.transpose(0, 1));
+        let z = (&m + &eye * b2) * ((d as f64).sqrt() / a2);
+        let (mean, s) = (z.mean(Kind::Double).double_value(&[]), std_of(&z));
+        assert!(
+            mean.abs() < 0.02 && (s - 1.0).abs() < 0.03,
+            "block {b} value: Z mean {mean} std {s}"
+        );
+        // Each head: W_qᵀ W_k is the best rank-hd approximation of α₁Z + β₁I: rank hd, and its
+        // trace carries the identity part (β₁·D·hd/D on average, ~0 for the official init).
+        for h in 0..cfg.num_heads {
+            let wq = qkv.narrow(0, h * hd, hd);
+            let wk = qkv.narrow(0, d + h * hd, hd);
+            let p = wq.transpose(0, 1).matmul(&wk);
+            let sv = p.svd(true, false).1;
+            let tail = sv.narrow(0, hd, d - hd).max().double_value(&[]);
+            assert!(tail < 1e-9, "block {b} head {h}: rank above {hd} ({tail})");
+            let tr = p.trace().double_value(&[]);
+            let want = b1 * hd as f64;
+            assert!(
+                tr > 0.5 * want && tr < 2.0 * want,
+                "block {b} head {h}: trace {tr}, identity part {want} (α₁ {a1})"
+            );
+        }
+        // The MLP keeps the official initialisation.
+        let fc1 = var(&vs, &format!("visual_encoder.blocks.{b}.mlp.fc1.weight"));
+        assert!((std_of(&fc1) - INIT_STD).abs() < 0.002);
     }
 }

@@ -34,6 +34,66 @@ pub struct VitConfig {
     pub drop_path_rate: f64,
     /// Layer-scale init (`gamma_1`/`gamma_2` exist when set).
     pub layer_scale_init_value: Option<f64>,
+    /// How the attention weights start when the encoder is trained from random weights (a
+    /// loaded checkpoint overwrites them either way). Not an argument of the official code,
+    /// whose ViTs always start from a pre-trained checkpoint (DeiT, ImageNet).
+    pub init: VitInit,
+}
+
+/// Initialisation of the ViT's attention weights ([`VitConfig::init`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum VitInit {
+    /// timm's `_init_weights`: every Linear N(0, 0.02²) (the official code's, before it loads
+    /// DeiT). Attention starts uniform: its logits are ~0.05 at width 128.
+    #[default]
+    Official,
+    /// Mimetic initialisation (Trockman & Kolter, "Mimetic Initialization of Self-Attention
+    /// Layers", ICML 2023) for training a ViT from scratch on little data: per head
+    /// `W_q^T W_k ≈ α₁Z + β₁I` and `W_v^T W_proj^T ≈ α₂Z − β₂I` ([`mimetic_init_`]), the
+    /// structure of pre-trained ViTs' attention. The MLPs keep the official initialisation.
+    Mimetic,
+}
+
+/// Coefficients of the mimetic initialisation (the paper's values: α₁ = β₁ = 0.7, α₂ = β₂ =
+/// 0.4).
+pub const MIMETIC: [f64; 4] = [0.7, 0.7, 0.4, 0.4];
+
+/// Writes the mimetic initialisation into one attention layer, in place: `q`, `k`, `v` `[D, D]`
+/// (as [`MultiHeadAttention::qkv_weights`] gives them) and the output projection `proj`
+/// `[D, D]`, with `heads` heads. With `Z` of N(0, 1/D) entries (drawn from torch's generator)
+/// and the SVD `U S Vᵀ` of the target, each head's `W_q^h = √S_k U_kᵀ`, `W_k^h = √S_k V_kᵀ` over
+/// the top `D/heads` components of `α₁Z + β₁I` (a fresh `Z` per head), and
+/// `W_v = √S Uᵀ`, `W_proj = V √S` of `α₂Z − β₂I`, so that `W_q^hᵀ W_k^h ≈ α₁Z + β₁I` and
+/// `W_vᵀ W_projᵀ = α₂Z − β₂I` exactly.
+pub fn mimetic_init_(q: &Tensor, k: &Tensor, v: &Tensor, proj: &Tensor, heads: i64, c: [f64; 4]) {
+    let d = q.size()[0];
+    let hd = d / heads;
+    let _g = tch::no_grad_guard();
+    let opts = (Kind::Double, tch::Device::Cpu);
+    let target = |alpha: f64, beta: f64| {
+        Tensor::randn([d, d], opts) * (alpha / (d as f64).sqrt()) + Tensor::eye(d, opts) * beta
+    };
+    let put = |dst: &Tensor, src: &Tensor| {
+        let mut dst = dst.shallow_clone();
+        dst.copy_(&src.to_kind(dst.kind()).to_device(dst.device()));
+    };
+    for h in 0..heads {
+        let (u, s, rv) = target(c[0], c[1]).svd(true, true);
+        let root = s.narrow(0, 0, hd).sqrt().unsqueeze(1);
+        put(
+            &q.narrow(0, h * hd, hd),
+            &(&root * u.narrow(1, 0, hd).transpose(0, 1)),
+        );
+        put(
+            &k.narrow(0, h * hd, hd),
+            &(&root * rv.narrow(1, 0, hd).transpose(0, 1)),
+        );
+    }
+    let (u, s, rv) = target(c[2], -c[3]).svd(true, true);
+    let root = s.sqrt();
+    put(v, &(root.unsqueeze(1) * u.transpose(0, 1)));
+    put(proj, &(rv * root.unsqueeze(0)));
 }
 
 impl Default for VitConfig {
@@ -50,6 +110,7 @@ impl Default for VitConfig {
             layer_norm_eps: 1e-6,
             drop_path_rate: 0.0,
             layer_scale_init_value: None,
+            init: VitInit::Official,
         }
     }
 }
@@ -264,7 +325,12 @@ impl VisionTransformer {
                     drop_path: dp,
                     act: Activation::Gelu,
                 };
-                VitBlock::new(&(p / "blocks" / i), &bc)
+                let block = VitBlock::new(&(p / "blocks" / i), &bc);
+                if cfg.init == VitInit::Mimetic {
+                    let [q, k, v] = block.attn.qkv_weights();
+                    mimetic_init_(&q, &k, &v, &block.proj.ws, cfg.num_heads, MIMETIC);
+                }
+                block
             })
             .collect();
         VisionTransformer {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tch::Device;
+use vlp_core::layers::vit::VitInit;
 use vlp_core::{Result, VlpError};
 
 use crate::pipeline::config::Preset;
@@ -188,6 +189,12 @@ pub struct Plan {
     /// on the other one (only, as always, on the thread count).
     #[serde(default = "yes")]
     pub parallel_arms: bool,
+    /// Initialisation of the ViT's attention when it starts from random weights (pre-training
+    /// and every from-scratch run; loaded weights overwrite it): `official` (timm's N(0, 0.02²),
+    /// uniform attention at the start) or `mimetic` (Trockman & Kolter 2023,
+    /// [`vlp_core::layers::vit::VitInit`]).
+    #[serde(default)]
+    pub vit_init: VitInit,
     /// Learning-rate factor of the runs that start from the pre-trained weights (same steps and
     /// batch; the official recipes fine-tune at a fraction of the pre-training rate).
     #[serde(default = "one")]
@@ -256,6 +263,7 @@ impl Plan {
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
+            vit_init: VitInit::Official,
             parallel_arms: true,
             // The whole Shapes val splits (5,000 VQA questions, 1,000 NLVR2 pairs, 3,000 SNLI-VE
             // hypotheses): NLVR2's first 500 pairs were 53.8% "True" although the split is
@@ -349,6 +357,7 @@ impl Plan {
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
+            vit_init: VitInit::Official,
             parallel_arms: true,
             eval_samples: 60,
             retrieval_images: 30,

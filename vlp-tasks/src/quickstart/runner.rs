@@ -340,6 +340,13 @@ impl<'a> Ctx<'a> {
                             ("attention_probs_dropout_prob", serde_yaml::Value::from(0.0)),
                         ]),
                     ),
+                    (
+                        "vision",
+                        yaml_map(&[(
+                            "init",
+                            serde_yaml::to_value(plan.vit_init).expect("a unit enum serialises"),
+                        )]),
+                    ),
                 ])),
                 init: init.map(Path::to_path_buf),
                 init_mode: InitMode::Partial,
