@@ -1,6 +1,7 @@
 //! The experiment config: every shipped config parses, ALBEF presets and inline model-config
 //! overrides build valid models, errors name the field, file and line.
 use std::path::{Path, PathBuf};
+use vlp_core::layers::vit::VitInit;
 use vlp_tasks::pipeline::albef::{albef_config, albef_preset, AlbefModel};
 use vlp_tasks::pipeline::{ExperimentConfig, Preset};
 
@@ -61,6 +62,24 @@ fn presets_build_and_inline_overrides_merge() {
         e.contains("model.config") && e.contains("queue_sise"),
         "{e}"
     );
+}
+
+#[test]
+fn the_vit_initialisation_is_a_model_config_field() {
+    let text = "model: {name: albef, variant: pretrain, preset: tiny, config: {vision: {init: mimetic}}}\ndata: {task: pretrain}\ntrain: {max_steps: 1}\n";
+    let c = ExperimentConfig::from_yaml(text).unwrap();
+    let m = albef_config(&c).unwrap();
+    let v = m.vision.as_ref().unwrap();
+    assert_eq!(v.init, VitInit::Mimetic);
+    assert_eq!(v.embed_dim, 64, "the rest of the preset's ViT is kept");
+    let plain = text.replace(", config: {vision: {init: mimetic}}", "");
+    let m = albef_config(&ExperimentConfig::from_yaml(&plain).unwrap()).unwrap();
+    assert_eq!(m.vision.unwrap().init, VitInit::Official);
+    let bad = text.replace("init: mimetic", "init: mimetc");
+    let e = albef_config(&ExperimentConfig::from_yaml(&bad).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("mimetc"), "{e}");
 }
 
 #[test]

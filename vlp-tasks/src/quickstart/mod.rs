@@ -933,6 +933,19 @@ mod tests {
     }
 
     #[test]
+    fn the_vit_initialisation_is_a_plan_field() {
+        let base = Plan::default_run(0);
+        assert_eq!(base.vit_init, VitInit::Official);
+        let p = base.with_overrides(&["vit_init=mimetic".into()]).unwrap();
+        assert_eq!(p.vit_init, VitInit::Mimetic);
+        let e = base
+            .with_overrides(&["vit_init=mimetc".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mimetc"), "{e}");
+    }
+
+    #[test]
     fn tasks_parse_by_key() {
         assert_eq!(parse_tasks(&[]).unwrap().len(), 5);
         assert_eq!(
