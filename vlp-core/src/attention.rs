@@ -253,11 +253,6 @@ impl MultiHeadAttention {
         }
     }
 
-    /// Number of heads.
-    pub fn num_heads(&self) -> i64 {
-        self.num_heads
-    }
-
     /// Width of the output.
     pub fn dim(&self) -> i64 {
         self.dim
