@@ -70,6 +70,9 @@ pub struct AttentionConfig {
     pub attn_dropout: f64,
     /// Score scale; `None` = `head_dim^-0.5`.
     pub scale: Option<f64>,
+    /// Std of the initial projection weights (BERT's `initializer_range`; default
+    /// [`INIT_STD`](crate::layers::INIT_STD)). Only what is trained from scratch depends on it.
+    pub init_std: f64,
 }
 
 impl AttentionConfig {
@@ -82,6 +85,7 @@ impl AttentionConfig {
             layout,
             attn_dropout: 0.0,
             scale: None,
+            init_std: crate::layers::INIT_STD,
         }
     }
 }
@@ -158,14 +162,14 @@ impl MultiHeadAttention {
         let proj = match &cfg.layout {
             QkvLayout::Fused { bias } => {
                 assert_eq!(kv_dim, d, "a fused qkv projection cannot cross-attend");
-                let lc = crate::layers::linear_config(*bias);
+                let lc = crate::layers::linear_config_std(*bias, cfg.init_std);
                 QkvProj::Fused(nn::linear(p / "qkv", d, 3 * d, lc))
             }
             QkvLayout::FusedQv => {
                 assert_eq!(kv_dim, d, "a fused qkv projection cannot cross-attend");
                 let init = nn::Init::Randn {
                     mean: 0.0,
-                    stdev: 0.02,
+                    stdev: cfg.init_std,
                 };
                 let weight = (p / "qkv").var("weight", &[3 * d, d], init);
                 let q_bias = p.zeros("q_bias", &[d]);
@@ -177,7 +181,7 @@ impl MultiHeadAttention {
                 }
             }
             QkvLayout::Separate { names, bias } => {
-                let lc = crate::layers::linear_config(*bias);
+                let lc = crate::layers::linear_config_std(*bias, cfg.init_std);
                 QkvProj::Separate {
                     q: nn::linear(p / names[0].as_str(), d, d, lc),
                     k: nn::linear(p / names[1].as_str(), kv_dim, d, lc),
@@ -210,7 +214,7 @@ impl MultiHeadAttention {
             (other.dim, other.num_heads),
             "shared key/value: other width/heads"
         );
-        let lc = crate::layers::linear_config(*bias);
+        let lc = crate::layers::linear_config_std(*bias, cfg.init_std);
         let share = |name: &str, lin: &nn::Linear| {
             let q = p / name;
             let _ = q.add("weight", lin.ws.shallow_clone(), false);

@@ -135,3 +135,53 @@ fn mimetic_initialisation_gives_the_attention_its_target_structure() {
         assert!((std_of(&fc1) - INIT_STD).abs() < 0.002);
     }
 }
+
+#[test]
+fn bert_layers_start_at_the_configured_initializer_range() {
+    // HF's `_init_weights`: every Linear of the text side N(0, initializer_range²), biases zero
+    // (self- and cross-attention, their output dense, the FFN), and the embeddings too.
+    use vlp_core::layers::bert::{BertConfig, BertEmbeddings, BertEncoder};
+    for range in [INIT_STD, 0.12] {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = BertConfig {
+            hidden_size: 128,
+            num_attention_heads: 4,
+            intermediate_size: 256,
+            num_hidden_layers: 2,
+            fusion_layer: Some(1),
+            encoder_width: Some(96),
+            initializer_range: range,
+            ..BertConfig::tiny()
+        };
+        cfg.validate().unwrap();
+        let _enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        let _emb = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, false);
+        let vars = vs.variables();
+        assert!(vars.contains_key("encoder.layer.1.crossattention.self.key.weight"));
+        let mut weights = 0;
+        for (name, w) in vars {
+            if name.contains("LayerNorm") {
+                continue;
+            }
+            if name.ends_with("weight") {
+                let s = std_of(&w);
+                assert!(
+                    (s - range).abs() < 0.1 * range,
+                    "{name}: std {s}, want {range}"
+                );
+                weights += 1;
+            } else if name.ends_with("bias") {
+                assert_eq!(abs_max(&w), 0.0, "{name}");
+            }
+        }
+        // 2 × (q, k, v, dense, intermediate, output) + 4 cross-attention + 3 embeddings.
+        assert_eq!(weights, 19);
+    }
+    let bad = BertConfig {
+        initializer_range: 0.0,
+        ..BertConfig::tiny()
+    };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("initializer_range"), "{e}");
+}

@@ -9,7 +9,7 @@ use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::attention::{padding_mask, BERT_MASK_VALUE};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertEmbeddings, BertEncoder};
-use vlp_core::layers::linear;
+use vlp_core::layers::linear_std;
 use vlp_core::Result;
 
 /// Outputs of [`BertModel::forward_t`].
@@ -40,8 +40,14 @@ impl BertModel {
         Ok(BertModel {
             embeddings: BertEmbeddings::new(&(p / "embeddings"), cfg, true),
             encoder: BertEncoder::new(&(p / "encoder"), cfg),
-            pooler: pooler
-                .then(|| linear(p / "pooler" / "dense", cfg.hidden_size, cfg.hidden_size)),
+            pooler: pooler.then(|| {
+                linear_std(
+                    p / "pooler" / "dense",
+                    cfg.hidden_size,
+                    cfg.hidden_size,
+                    cfg.initializer_range,
+                )
+            }),
             cfg: cfg.clone(),
         })
     }

@@ -151,6 +151,28 @@ fn quickstart_runs_end_to_end_above_chance() {
                 .any(|f| f.ends_with("pretrain_regions.json") && f.is_file()),
         "{files:?}"
     );
+    // The initialisation fields of the plan reach every model config it builds.
+    let p2 = plan
+        .with_overrides(&["text_init_std=0.1".into(), "vit_init=mimetic".into()])
+        .unwrap();
+    std::fs::create_dir_all(tmp.join("ctx2")).unwrap();
+    let ctx2 = vlp_tasks::quickstart::runner::Ctx::new(
+        &p2,
+        &tmp.join("ctx2"),
+        &tmp.join("shapes"),
+        None,
+        Device::Cpu,
+    )
+    .unwrap();
+    for exp in [
+        ctx.experiment(None, &plan.pretrain, "p", None).unwrap(),
+        ctx2.experiment(None, &p2.pretrain, "p", None).unwrap(),
+    ] {
+        let m = vlp_tasks::pipeline::albef::albef_config(&exp).unwrap();
+        let mimetic = m.vision.unwrap().init == vlp_core::layers::vit::VitInit::Mimetic;
+        let want = if mimetic { 0.1 } else { 0.02 };
+        assert_eq!(m.bert.initializer_range, want);
+    }
     // A second run reuses the generated Shapes data.
     assert!(!vlp_tasks::quickstart::ensure_shapes(&plan.shapes, &tmp.join("shapes")).unwrap());
     let _ = std::fs::remove_dir_all(&tmp);

@@ -5,7 +5,7 @@
 //! position_embeddings,token_type_embeddings,LayerNorm}`, `encoder.layer.N.attention.self.{query,
 //! key,value}`, `…attention.output.{dense,LayerNorm}`, `…crossattention.{self,output}.*`,
 //! `…intermediate.dense`, `…output.{dense,LayerNorm}`.
-use super::{layer_norm, linear, Activation};
+use super::{layer_norm, linear_std, Activation};
 use crate::attention::{AttentionConfig, KvCache, MultiHeadAttention, QkvLayout};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -145,6 +145,12 @@ impl BertConfig {
                 );
             }
         }
+        if !(self.initializer_range.is_finite() && self.initializer_range > 0.0) {
+            return bad(
+                "initializer_range",
+                format!("{} is not a positive std", self.initializer_range),
+            );
+        }
         if let Some(f) = self.fusion_layer {
             if f < 0 || f > self.num_hidden_layers {
                 return bad(
@@ -180,6 +186,7 @@ impl BertConfig {
             hidden_dropout_prob: self.hidden_dropout_prob,
             attention_probs_dropout_prob: self.attention_probs_dropout_prob,
             cross_attention_width: cross.then(|| self.encoder_width.unwrap_or(self.hidden_size)),
+            initializer_range: self.initializer_range,
         }
     }
 }
@@ -274,6 +281,8 @@ pub struct BertLayerConfig {
     pub attention_probs_dropout_prob: f64,
     /// Width of the cross-attended states, if the layer has cross-attention.
     pub cross_attention_width: Option<i64>,
+    /// Std of the initial Linear weights (HF `_init_weights`: N(0, `initializer_range`²)).
+    pub initializer_range: f64,
 }
 
 /// BERT's attention block: `LayerNorm(x + dropout(dense(MHA(x[, ctx]))))` with `self` and
@@ -298,12 +307,18 @@ impl BertAttention {
             AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
         ac.kv_dim = kv_dim;
         ac.attn_dropout = cfg.attention_probs_dropout_prob;
+        ac.init_std = cfg.initializer_range;
         BertAttention {
             attn: match share_kv {
                 None => MultiHeadAttention::new(&(p / "self"), &ac),
                 Some(other) => MultiHeadAttention::new_sharing_kv(&(p / "self"), &ac, other),
             },
-            dense: linear(p / "output" / "dense", cfg.hidden_size, cfg.hidden_size),
+            dense: linear_std(
+                p / "output" / "dense",
+                cfg.hidden_size,
+                cfg.hidden_size,
+                cfg.initializer_range,
+            ),
             layer_norm: layer_norm(
                 p / "output" / "LayerNorm",
                 cfg.hidden_size,
@@ -401,15 +416,17 @@ impl BertLayer {
             crossattention: cfg
                 .cross_attention_width
                 .map(|w| BertAttention::new(&(p / "crossattention"), cfg, Some(w), share_kv)),
-            intermediate: linear(
+            intermediate: linear_std(
                 p / "intermediate" / "dense",
                 cfg.hidden_size,
                 cfg.intermediate_size,
+                cfg.initializer_range,
             ),
-            output: linear(
+            output: linear_std(
                 p / "output" / "dense",
                 cfg.intermediate_size,
                 cfg.hidden_size,
+                cfg.initializer_range,
             ),
             output_norm: layer_norm(
                 p / "output" / "LayerNorm",

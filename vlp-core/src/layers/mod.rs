@@ -86,10 +86,16 @@ pub const INIT_STD: f64 = 0.02;
 /// uniform biases — is six times wider: a model trained from scratch with it barely moves from
 /// its initialisation in a few hundred steps.)
 pub fn linear_config(bias: bool) -> nn::LinearConfig {
+    linear_config_std(bias, INIT_STD)
+}
+
+/// [`linear_config`] with weights N(0, `std`²) (BERT's `initializer_range` when a config sets
+/// one other than [`INIT_STD`]).
+pub fn linear_config_std(bias: bool, std: f64) -> nn::LinearConfig {
     nn::LinearConfig {
         ws_init: nn::Init::Randn {
             mean: 0.0,
-            stdev: INIT_STD,
+            stdev: std,
         },
         bs_init: bias.then_some(nn::Init::Const(0.0)),
         bias,
@@ -99,6 +105,11 @@ pub fn linear_config(bias: bool) -> nn::LinearConfig {
 /// A Linear with bias, `weight` and `bias` under `p` ([`linear_config`] initialisation).
 pub fn linear(p: nn::Path, i: i64, o: i64) -> nn::Linear {
     nn::linear(p, i, o, linear_config(true))
+}
+
+/// [`linear`] with weights N(0, `std`²).
+pub fn linear_std(p: nn::Path, i: i64, o: i64, std: f64) -> nn::Linear {
+    nn::linear(p, i, o, linear_config_std(true, std))
 }
 
 /// A Linear at PyTorch's `nn.Linear` default: weight and bias uniform in ±1/√`i`. For the heads

@@ -43,7 +43,7 @@ use vlp_core::attention::{padding_mask, BERT_MASK_VALUE};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertEmbeddings, BertEncoder, BertLayer, CrossInput};
 use vlp_core::layers::vit::{interpolate_pos_embed, VitConfig};
-use vlp_core::layers::{layer_norm, linear, linear_torch, Activation};
+use vlp_core::layers::{layer_norm, linear_std, linear_torch, Activation};
 use vlp_core::{Result, VlpError};
 
 pub mod nlvr;
@@ -472,7 +472,7 @@ impl MlmHead {
         let _ = dec.add("weight", word_embeddings.shallow_clone(), false);
         let _ = dec.add("bias", bias.shallow_clone(), false);
         MlmHead {
-            dense: linear(&p / "transform" / "dense", d, d),
+            dense: linear_std(&p / "transform" / "dense", d, d, cfg.initializer_range),
             layer_norm: layer_norm(&p / "transform" / "LayerNorm", d, cfg.layer_norm_eps),
             act: cfg.hidden_act,
             decoder_weight: word_embeddings.shallow_clone(),

@@ -48,7 +48,7 @@ use vlp_core::attention::{
 };
 use vlp_core::layers::bert::{BertConfig, BertEmbeddings, BertEncoder, CrossInput};
 use vlp_core::layers::vit::VitConfig;
-use vlp_core::layers::{layer_norm, linear, Activation};
+use vlp_core::layers::{layer_norm, linear_std, Activation};
 use vlp_core::{Result, VlpError};
 
 pub mod caption;
@@ -592,7 +592,7 @@ impl AttnBlock {
         let d = cfg.hidden_size;
         AttnBlock {
             attn: mha(&(p / "self"), cfg, kv_dim),
-            dense: linear(p / "output" / "dense", d, d),
+            dense: linear_std(p / "output" / "dense", d, d, cfg.initializer_range),
             norm: layer_norm(p / "output" / "LayerNorm", d, cfg.layer_norm_eps),
             dropout: cfg.hidden_dropout_prob,
         }
@@ -616,6 +616,7 @@ pub(crate) fn mha(p: &nn::Path, cfg: &BertConfig, kv_dim: Option<i64>) -> MultiH
     let mut ac = AttentionConfig::new(cfg.hidden_size, cfg.num_attention_heads, QkvLayout::bert());
     ac.kv_dim = kv_dim;
     ac.attn_dropout = cfg.attention_probs_dropout_prob;
+    ac.init_std = cfg.initializer_range;
     MultiHeadAttention::new(p, &ac)
 }
 
@@ -638,8 +639,8 @@ impl Ffn {
         let (d, i) = (cfg.hidden_size, cfg.intermediate_size);
         let norm = layer_norm(p / "output" / "LayerNorm", d, cfg.layer_norm_eps);
         Ffn {
-            intermediate: linear(p / "intermediate" / "dense", d, i),
-            output: linear(p / "output" / "dense", i, d),
+            intermediate: linear_std(p / "intermediate" / "dense", d, i, cfg.initializer_range),
+            output: linear_std(p / "output" / "dense", i, d, cfg.initializer_range),
             norm_weight: norm.ws.expect("affine LayerNorm"),
             norm_bias: norm.bs.expect("affine LayerNorm"),
             eps: cfg.layer_norm_eps,

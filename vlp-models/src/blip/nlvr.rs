@@ -26,7 +26,7 @@ use vlp_core::attention::MultiHeadAttention;
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertEmbeddings};
 use vlp_core::layers::vit::VisionTransformer;
-use vlp_core::layers::{layer_norm, linear};
+use vlp_core::layers::{layer_norm, linear_std};
 use vlp_core::{Result, VlpError};
 
 /// First layer whose twin cross-attention uses `merge_layer` (`layer_num >= 6` in
@@ -55,9 +55,10 @@ impl TwinCrossAttention {
         TwinCrossAttention {
             self0: mha(&(p / "self0"), cfg, Some(w)),
             self1: mha(&(p / "self1"), cfg, Some(w)),
-            dense0: linear(&o / "dense0", d, d),
-            dense1: linear(&o / "dense1", d, d),
-            merge_layer: merge.then(|| linear(&o / "merge_layer", 2 * d, d)),
+            dense0: linear_std(&o / "dense0", d, d, cfg.initializer_range),
+            dense1: linear_std(&o / "dense1", d, d, cfg.initializer_range),
+            merge_layer: merge
+                .then(|| linear_std(&o / "merge_layer", 2 * d, d, cfg.initializer_range)),
             norm: layer_norm(&o / "LayerNorm", d, cfg.layer_norm_eps),
             dropout: cfg.hidden_dropout_prob,
         }

@@ -195,6 +195,11 @@ pub struct Plan {
     /// [`vlp_core::layers::vit::VitInit`]).
     #[serde(default)]
     pub vit_init: VitInit,
+    /// Std of the text side's initial weights (BERT's `initializer_range`, official 0.02) when
+    /// it starts from random weights (pre-training and every from-scratch run): the width of
+    /// the text encoder's and the fusion layers' attention and FFN at the start.
+    #[serde(default = "official_init_std")]
+    pub text_init_std: f64,
     /// Learning-rate factor of the runs that start from the pre-trained weights (same steps and
     /// batch; the official recipes fine-tune at a fraction of the pre-training rate).
     #[serde(default = "one")]
@@ -211,6 +216,11 @@ pub struct Plan {
     pub workers: usize,
     /// The seed.
     pub seed: u64,
+}
+
+/// BERT's `initializer_range` in the official configs.
+fn official_init_std() -> f64 {
+    vlp_core::layers::INIT_STD
 }
 
 impl Plan {
@@ -264,6 +274,7 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             vit_init: VitInit::Official,
+            text_init_std: official_init_std(),
             parallel_arms: true,
             // The whole Shapes val splits (5,000 VQA questions, 1,000 NLVR2 pairs, 3,000 SNLI-VE
             // hypotheses): NLVR2's first 500 pairs were 53.8% "True" although the split is
@@ -358,6 +369,7 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             vit_init: VitInit::Official,
+            text_init_std: official_init_std(),
             parallel_arms: true,
             eval_samples: 60,
             retrieval_images: 30,
@@ -391,6 +403,12 @@ impl Plan {
         }
         if !self.pretrain_objectives.values().any(|w| *w > 0.0) {
             return Err(bad("pretrain_objectives: every weight is 0".into()));
+        }
+        if !(self.text_init_std.is_finite() && self.text_init_std > 0.0) {
+            return Err(bad(format!(
+                "text_init_std: {} must be a positive std",
+                self.text_init_std
+            )));
         }
         Ok(())
     }
@@ -943,6 +961,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("mimetc"), "{e}");
+    }
+
+    #[test]
+    fn the_text_initialisation_is_a_plan_field() {
+        let base = Plan::default_run(0);
+        assert_eq!(base.text_init_std, vlp_core::layers::INIT_STD);
+        let p = base.with_overrides(&["text_init_std=0.1".into()]).unwrap();
+        assert_eq!(p.text_init_std, 0.1);
+        for bad in ["text_init_std=0", "text_init_std=-0.1"] {
+            let e = base.with_overrides(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("text_init_std"), "{e}");
+        }
     }
 
     #[test]

@@ -338,6 +338,10 @@ impl<'a> Ctx<'a> {
                             ),
                             ("hidden_dropout_prob", serde_yaml::Value::from(0.0)),
                             ("attention_probs_dropout_prob", serde_yaml::Value::from(0.0)),
+                            (
+                                "initializer_range",
+                                serde_yaml::Value::from(plan.text_init_std),
+                            ),
                         ]),
                     ),
                     (
