@@ -94,6 +94,7 @@ fn bench(c: &mut Criterion) {
                 layer_scale: None,
                 drop_path: 0.0,
                 act: Activation::Gelu,
+                init_std: vlp_core::layers::INIT_STD,
             },
         );
         g.bench_function(format!("vit_block/{}", s.name), |b| {

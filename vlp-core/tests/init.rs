@@ -185,3 +185,46 @@ fn bert_layers_start_at_the_configured_initializer_range() {
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("initializer_range"), "{e}");
 }
+
+#[test]
+fn the_vit_blocks_start_at_the_configured_std() {
+    let build = |init: VitInit, init_std: f64| {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let cfg = VitConfig {
+            img_size: 32,
+            patch_size: 8,
+            embed_dim: 128,
+            depth: 2,
+            num_heads: 4,
+            init,
+            init_std,
+            ..VitConfig::default()
+        };
+        let _vit = VisionTransformer::new(&(vs.root() / "visual_encoder"), &cfg);
+        vs
+    };
+    for init in [VitInit::Official, VitInit::Mimetic] {
+        let vs = build(init, 0.3);
+        let narrow = build(init, INIT_STD).variables();
+        let mut checked = 0;
+        for (name, w) in vs.variables() {
+            if !(name.contains(".blocks.") && name.ends_with("weight") && !name.contains("norm")) {
+                continue;
+            }
+            let s = std_of(&w);
+            if init == VitInit::Mimetic && name.contains(".attn.") {
+                // The mimetic rule sets the attention whatever the std (its scale comes from
+                // the width alone).
+                let n = std_of(&narrow[&name]);
+                assert!((s - n).abs() < 0.2 * n, "{name}: std {s} vs {n} at 0.02");
+            } else {
+                assert!((s - 0.3).abs() < 0.03, "{name}: std {s}, want 0.3");
+            }
+            checked += 1;
+        }
+        assert_eq!(checked, 8, "qkv, proj, fc1, fc2 of two blocks");
+        // The class token and position table keep timm's initialisation.
+        assert!(std_of(&var(&vs, "visual_encoder.pos_embed")) < 0.03);
+    }
+}

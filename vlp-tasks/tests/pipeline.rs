@@ -80,6 +80,24 @@ fn the_vit_initialisation_is_a_model_config_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("mimetc"), "{e}");
+    // The initial widths: `vision.init_std` and BERT's `initializer_range`.
+    let wide = text.replace(
+        "{vision: {init: mimetic}}",
+        "{vision: {init_std: 0.1}, bert: {initializer_range: 0.12}}",
+    );
+    let m = albef_config(&ExperimentConfig::from_yaml(&wide).unwrap()).unwrap();
+    assert_eq!(m.vision.as_ref().unwrap().init_std, 0.1);
+    assert_eq!(m.bert.initializer_range, 0.12);
+    for (bad, field) in [
+        ("{vision: {init_std: 0.0}}", "vision.init_std"),
+        ("{bert: {initializer_range: -1.0}}", "initializer_range"),
+    ] {
+        let t = text.replace("{vision: {init: mimetic}}", bad);
+        let e = albef_config(&ExperimentConfig::from_yaml(&t).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(field), "{e}");
+    }
 }
 
 #[test]

@@ -153,7 +153,11 @@ fn quickstart_runs_end_to_end_above_chance() {
     );
     // The initialisation fields of the plan reach every model config it builds.
     let p2 = plan
-        .with_overrides(&["text_init_std=0.1".into(), "vit_init=mimetic".into()])
+        .with_overrides(&[
+            "text_init_std=0.1".into(),
+            "vit_init=mimetic".into(),
+            "vit_init_std=0.05".into(),
+        ])
         .unwrap();
     std::fs::create_dir_all(tmp.join("ctx2")).unwrap();
     let ctx2 = vlp_tasks::quickstart::runner::Ctx::new(
@@ -169,9 +173,11 @@ fn quickstart_runs_end_to_end_above_chance() {
         ctx2.experiment(None, &p2.pretrain, "p", None).unwrap(),
     ] {
         let m = vlp_tasks::pipeline::albef::albef_config(&exp).unwrap();
-        let mimetic = m.vision.unwrap().init == vlp_core::layers::vit::VitInit::Mimetic;
-        let want = if mimetic { 0.1 } else { 0.02 };
-        assert_eq!(m.bert.initializer_range, want);
+        let vision = m.vision.unwrap();
+        let mimetic = vision.init == vlp_core::layers::vit::VitInit::Mimetic;
+        let (text, vit) = if mimetic { (0.1, 0.05) } else { (0.02, 0.02) };
+        assert_eq!(m.bert.initializer_range, text);
+        assert_eq!(vision.init_std, vit);
     }
     // A second run reuses the generated Shapes data.
     assert!(!vlp_tasks::quickstart::ensure_shapes(&plan.shapes, &tmp.join("shapes")).unwrap());

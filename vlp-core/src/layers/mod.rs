@@ -152,9 +152,21 @@ pub struct Mlp {
 impl Mlp {
     /// `fc1: dim → hidden`, `fc2: hidden → dim` under `p`.
     pub fn new(p: &nn::Path, dim: i64, hidden: i64, act: Activation, dropout: f64) -> Self {
+        Self::new_std(p, dim, hidden, act, dropout, INIT_STD)
+    }
+
+    /// [`new`](Self::new) with weights N(0, `std`²).
+    pub fn new_std(
+        p: &nn::Path,
+        dim: i64,
+        hidden: i64,
+        act: Activation,
+        dropout: f64,
+        std: f64,
+    ) -> Self {
         Mlp {
-            fc1: linear(p / "fc1", dim, hidden),
-            fc2: linear(p / "fc2", hidden, dim),
+            fc1: linear_std(p / "fc1", dim, hidden, std),
+            fc2: linear_std(p / "fc2", hidden, dim, std),
             inner_norm: None,
             act,
             dropout,

@@ -2,7 +2,7 @@
 //! ship (`models/vit.py`): `cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.{norm1, attn.qkv,
 //! attn.proj, norm2, mlp.fc1, mlp.fc2}`, `norm`. The block also covers the BEiT/VLMo variants
 //! (`q_bias`/`v_bias`, layer scale `gamma_1`/`gamma_2`).
-use super::{drop_path, layer_norm, linear, Activation, Mlp};
+use super::{drop_path, layer_norm, linear_std, Activation, Mlp};
 use crate::attention::{AttentionConfig, MultiHeadAttention, QkvLayout};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
@@ -38,6 +38,10 @@ pub struct VitConfig {
     /// loaded checkpoint overwrites them either way). Not an argument of the official code,
     /// whose ViTs always start from a pre-trained checkpoint (DeiT, ImageNet).
     pub init: VitInit,
+    /// Std of the blocks' initial Linear weights (qkv, proj, MLP; timm's `trunc_normal_(std=.02)`
+    /// by default). Only what is trained from random weights depends on it; with
+    /// [`VitInit::Mimetic`] it sets the MLPs' (the attention follows the mimetic rule).
+    pub init_std: f64,
 }
 
 /// Initialisation of the ViT's attention weights ([`VitConfig::init`]).
@@ -111,6 +115,7 @@ impl Default for VitConfig {
             drop_path_rate: 0.0,
             layer_scale_init_value: None,
             init: VitInit::Official,
+            init_std: crate::layers::INIT_STD,
         }
     }
 }
@@ -232,6 +237,8 @@ pub struct VitBlockConfig {
     pub drop_path: f64,
     /// Activation of the MLP.
     pub act: Activation,
+    /// Std of the initial Linear weights (qkv, proj, MLP).
+    pub init_std: f64,
 }
 
 /// A ViT block: `x + dp(γ1·proj(attn(norm1(x))))`, `x + dp(γ2·mlp(norm2(x)))`.
@@ -250,7 +257,8 @@ pub struct VitBlock {
 impl VitBlock {
     /// Builds a block under `p` (`…/blocks/N`).
     pub fn new(p: &nn::Path, cfg: &VitBlockConfig) -> Self {
-        let ac = AttentionConfig::new(cfg.dim, cfg.num_heads, cfg.qkv.clone());
+        let mut ac = AttentionConfig::new(cfg.dim, cfg.num_heads, cfg.qkv.clone());
+        ac.init_std = cfg.init_std;
         let gamma = |name: &str| {
             cfg.layer_scale
                 .map(|v| p.var(name, &[cfg.dim], nn::Init::Const(v)))
@@ -258,9 +266,16 @@ impl VitBlock {
         VitBlock {
             norm1: layer_norm(p / "norm1", cfg.dim, cfg.eps),
             attn: MultiHeadAttention::new(&(p / "attn"), &ac),
-            proj: linear(p / "attn" / "proj", cfg.dim, cfg.dim),
+            proj: linear_std(p / "attn" / "proj", cfg.dim, cfg.dim, cfg.init_std),
             norm2: layer_norm(p / "norm2", cfg.dim, cfg.eps),
-            mlp: Mlp::new(&(p / "mlp"), cfg.dim, cfg.mlp_hidden, cfg.act, 0.0),
+            mlp: Mlp::new_std(
+                &(p / "mlp"),
+                cfg.dim,
+                cfg.mlp_hidden,
+                cfg.act,
+                0.0,
+                cfg.init_std,
+            ),
             gamma_1: gamma("gamma_1"),
             gamma_2: gamma("gamma_2"),
             drop_path: cfg.drop_path,
@@ -324,6 +339,7 @@ impl VisionTransformer {
                     layer_scale: cfg.layer_scale_init_value,
                     drop_path: dp,
                     act: Activation::Gelu,
+                    init_std: cfg.init_std,
                 };
                 let block = VitBlock::new(&(p / "blocks" / i), &bc);
                 if cfg.init == VitInit::Mimetic {

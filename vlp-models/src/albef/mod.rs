@@ -241,6 +241,12 @@ impl AlbefConfig {
             );
         }
         let vit = self.vit();
+        if !(vit.init_std.is_finite() && vit.init_std > 0.0) {
+            return bad(
+                "vision.init_std",
+                format!("{} is not a positive std", vit.init_std),
+            );
+        }
         if vit.embed_dim != self.vision_width {
             return bad(
                 "vision_width",

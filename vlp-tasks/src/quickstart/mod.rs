@@ -200,6 +200,10 @@ pub struct Plan {
     /// the text encoder's and the fusion layers' attention and FFN at the start.
     #[serde(default = "official_init_std")]
     pub text_init_std: f64,
+    /// Std of the ViT blocks' initial Linear weights (timm's 0.02) when it starts from random
+    /// weights; with `vit_init=mimetic` only the MLPs' (`vision.init_std` of the model config).
+    #[serde(default = "official_init_std")]
+    pub vit_init_std: f64,
     /// Learning-rate factor of the runs that start from the pre-trained weights (same steps and
     /// batch; the official recipes fine-tune at a fraction of the pre-training rate).
     #[serde(default = "one")]
@@ -275,6 +279,7 @@ impl Plan {
             pretrained_lr_scale: 1.0,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
+            vit_init_std: official_init_std(),
             parallel_arms: true,
             // The whole Shapes val splits (5,000 VQA questions, 1,000 NLVR2 pairs, 3,000 SNLI-VE
             // hypotheses): NLVR2's first 500 pairs were 53.8% "True" although the split is
@@ -370,6 +375,7 @@ impl Plan {
             pretrained_lr_scale: 1.0,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
+            vit_init_std: official_init_std(),
             parallel_arms: true,
             eval_samples: 60,
             retrieval_images: 30,
@@ -404,11 +410,13 @@ impl Plan {
         if !self.pretrain_objectives.values().any(|w| *w > 0.0) {
             return Err(bad("pretrain_objectives: every weight is 0".into()));
         }
-        if !(self.text_init_std.is_finite() && self.text_init_std > 0.0) {
-            return Err(bad(format!(
-                "text_init_std: {} must be a positive std",
-                self.text_init_std
-            )));
+        for (k, v) in [
+            ("text_init_std", self.text_init_std),
+            ("vit_init_std", self.vit_init_std),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(format!("{k}: {v} must be a positive std")));
+            }
         }
         Ok(())
     }
@@ -969,9 +977,11 @@ mod tests {
         assert_eq!(base.text_init_std, vlp_core::layers::INIT_STD);
         let p = base.with_overrides(&["text_init_std=0.1".into()]).unwrap();
         assert_eq!(p.text_init_std, 0.1);
-        for bad in ["text_init_std=0", "text_init_std=-0.1"] {
+        let p = base.with_overrides(&["vit_init_std=0.1".into()]).unwrap();
+        assert_eq!(p.vit_init_std, 0.1);
+        for bad in ["text_init_std=0", "text_init_std=-0.1", "vit_init_std=0"] {
             let e = base.with_overrides(&[bad.into()]).unwrap_err().to_string();
-            assert!(e.contains("text_init_std"), "{e}");
+            assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
         }
     }
 

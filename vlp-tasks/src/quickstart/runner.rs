@@ -346,10 +346,14 @@ impl<'a> Ctx<'a> {
                     ),
                     (
                         "vision",
-                        yaml_map(&[(
-                            "init",
-                            serde_yaml::to_value(plan.vit_init).expect("a unit enum serialises"),
-                        )]),
+                        yaml_map(&[
+                            (
+                                "init",
+                                serde_yaml::to_value(plan.vit_init)
+                                    .expect("a unit enum serialises"),
+                            ),
+                            ("init_std", serde_yaml::Value::from(plan.vit_init_std)),
+                        ]),
                     ),
                 ])),
                 init: init.map(Path::to_path_buf),
