@@ -408,3 +408,66 @@ fn easy_vqa_reads_completely() {
     let img = vlp_core::image::load_image(&first.image).unwrap();
     assert_eq!(img.dimensions(), (64, 64));
 }
+
+/// Every easy-VQA test question falls in one family of its templates, and each family's answers
+/// are of the family's kind (yes/no families: yes or no; colour: a colour; shape: a shape).
+#[test]
+fn easy_vqa_question_families() {
+    use easy_vqa::family_of_text as family;
+    for (q, f) in [
+        ("what is the blue shape?", Some("shape")),
+        ("what color is the triangle?", Some("colour")),
+        ("is there a red shape in the image?", Some("yes_no_colour")),
+        ("is no gray shape present?", Some("yes_no_colour_not")),
+        ("does the image not contain a circle", Some("yes_no_shape_not")),
+        ("is a rectangle present?", Some("yes_no_shape")),
+        ("how many shapes are there?", None),
+    ] {
+        assert_eq!(family(q), f, "{q}");
+    }
+    let ev = easy_vqa::EasyVqa::package().unwrap();
+    let l = ev.read(easy_vqa::Split::Test, false).unwrap();
+    let shapes = ["circle", "rectangle", "triangle"];
+    let mut counts = std::collections::BTreeMap::new();
+    for q in &l.items {
+        let f = family(&q.question).unwrap_or_else(|| panic!("{}: no family", q.question));
+        *counts.entry(f).or_insert(0usize) += 1;
+        let a = q.answer.as_str();
+        let ok = match f {
+            "shape" => shapes.contains(&a),
+            "colour" => !shapes.contains(&a) && a != "yes" && a != "no",
+            _ => a == "yes" || a == "no",
+        };
+        assert!(ok, "{} -> {a} ({f})", q.question);
+    }
+    assert_eq!(counts.len(), 6, "{counts:?}");
+    // The negation is read right: an image's colour (from its colour questions) answers its
+    // colour yes/no questions, flipped by the negated templates.
+    let colour_of: std::collections::BTreeMap<u64, &str> = l
+        .items
+        .iter()
+        .filter(|q| family(&q.question) == Some("colour"))
+        .map(|q| (q.image_id, q.answer.as_str()))
+        .collect();
+    let mut checked = 0;
+    for q in &l.items {
+        let f = family(&q.question).unwrap();
+        if !f.starts_with("yes_no_colour") {
+            continue;
+        }
+        let Some(colour) = colour_of.get(&q.image_id) else {
+            continue;
+        };
+        let asked = q.question.split_whitespace().any(|w| w == *colour);
+        let want = if asked != f.ends_with("_not") { "yes" } else { "no" };
+        assert_eq!(q.answer, want, "{} (image colour {colour})", q.question);
+        checked += 1;
+    }
+    assert!(checked > 4000, "{checked}");
+    let yes_no: usize = counts
+        .iter()
+        .filter(|(k, _)| k.starts_with("yes_no"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(yes_no, 3611 + 3525);
+}

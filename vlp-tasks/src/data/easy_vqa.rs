@@ -17,6 +17,36 @@ use tch::Tensor;
 use vlp_core::image::ImageTransform;
 use vlp_core::{Result, VlpError};
 
+/// The question family of an easy-VQA question (its templates, `easy_vqa/questions.py`):
+/// `colour` / `shape` (open questions), `yes_no_colour` / `yes_no_shape` (does the image hold
+/// a shape of that colour / that shape) and their negated forms `…_not` ("is there not …",
+/// "is no … present", "does the image not contain …"); `None` for other text. Works on the raw
+/// and on the preprocessed question (lower case, no "?").
+pub fn family_of_text(text: &str) -> Option<&'static str> {
+    const SHAPES: [&str; 3] = ["circle", "rectangle", "triangle"];
+    let t = text.trim().trim_end_matches('?').to_lowercase();
+    let words: Vec<&str> = t.split_whitespace().collect();
+    let first = *words.first()?;
+    if first == "what" {
+        return Some(if words.contains(&"color") {
+            "colour"
+        } else {
+            "shape"
+        });
+    }
+    if !["is", "does"].contains(&first) {
+        return None;
+    }
+    let negated = words.contains(&"not") || words.contains(&"no");
+    let about_shape = words.iter().any(|w| SHAPES.contains(w));
+    Some(match (about_shape, negated) {
+        (false, false) => "yes_no_colour",
+        (false, true) => "yes_no_colour_not",
+        (true, false) => "yes_no_shape",
+        (true, true) => "yes_no_shape_not",
+    })
+}
+
 /// A split of easy-VQA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {

@@ -612,7 +612,8 @@ impl<'a> Ctx<'a> {
                 TaskKind::Vqa => Some(crate::shapes::vqa::family_of_text),
                 TaskKind::Nlvr2 => Some(crate::shapes::nlvr2::family_of_text),
                 TaskKind::Ve => Some(crate::shapes::ve::family_of_text),
-                TaskKind::Retrieval | TaskKind::EasyVqa => None,
+                TaskKind::EasyVqa => Some(crate::data::easy_vqa::family_of_text),
+                TaskKind::Retrieval => None,
             },
         };
         let chance = chance_level(&data);
@@ -1017,8 +1018,9 @@ pub fn easy_vqa_answer_type(answer: &str) -> &'static str {
     }
 }
 
-/// easy-VQA test accuracy (exact match of the predicted answer), overall and per answer type
-/// (`acc_yes/no`, `acc_color`, `acc_shape`), in percent. The classifier head (`vqa_cls`) takes
+/// easy-VQA test accuracy (exact match of the predicted answer), overall, per answer type
+/// (`acc_yes/no`, `acc_color`, `acc_shape`) and, with `setup.groups`, per question family
+/// (`group_<family>`, [`family_of_text`](crate::data::easy_vqa::family_of_text)), in percent. The classifier head (`vqa_cls`) takes
 /// the argmax of its logits, the generative head (`vqa`) the top-ranked answer of the list;
 /// either way each image is encoded once for all of its questions in a chunk.
 pub fn easy_vqa_eval(
@@ -1042,11 +1044,16 @@ pub fn easy_vqa_eval(
             )))
         }
     };
-    let mut correct: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    let mut correct: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (q, b) in questions.iter().zip(preds) {
         let gt = q.answers.first().map(String::as_str).unwrap_or("");
         let ok = answers.get(b).map(String::as_str) == Some(gt);
-        for key in ["all", easy_vqa_answer_type(gt)] {
+        let family = setup
+            .groups
+            .and_then(|f| f(&q.question))
+            .map(|g| format!("group_{g}"));
+        let keys = ["accuracy".to_string(), format!("acc_{}", easy_vqa_answer_type(gt))];
+        for key in keys.into_iter().chain(family) {
             let e = correct.entry(key).or_default();
             e.0 += usize::from(ok);
             e.1 += 1;
@@ -1054,12 +1061,7 @@ pub fn easy_vqa_eval(
     }
     let mut out = BTreeMap::new();
     for (k, (c, n)) in correct {
-        let name = if k == "all" {
-            "accuracy".to_string()
-        } else {
-            format!("acc_{k}")
-        };
-        out.insert(name, 100.0 * c as f64 / n.max(1) as f64);
+        out.insert(k, 100.0 * c as f64 / n.max(1) as f64);
     }
     out.entry("accuracy".into()).or_insert(0.0);
     Ok(out)
