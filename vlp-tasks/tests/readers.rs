@@ -419,7 +419,10 @@ fn easy_vqa_question_families() {
         ("what color is the triangle?", Some("colour")),
         ("is there a red shape in the image?", Some("yes_no_colour")),
         ("is no gray shape present?", Some("yes_no_colour_not")),
-        ("does the image not contain a circle", Some("yes_no_shape_not")),
+        (
+            "does the image not contain a circle",
+            Some("yes_no_shape_not"),
+        ),
         ("is a rectangle present?", Some("yes_no_shape")),
         ("how many shapes are there?", None),
     ] {
@@ -459,7 +462,11 @@ fn easy_vqa_question_families() {
             continue;
         };
         let asked = q.question.split_whitespace().any(|w| w == *colour);
-        let want = if asked != f.ends_with("_not") { "yes" } else { "no" };
+        let want = if asked != f.ends_with("_not") {
+            "yes"
+        } else {
+            "no"
+        };
         assert_eq!(q.answer, want, "{} (image colour {colour})", q.question);
         checked += 1;
     }

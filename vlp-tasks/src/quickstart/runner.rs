@@ -1052,7 +1052,10 @@ pub fn easy_vqa_eval(
             .groups
             .and_then(|f| f(&q.question))
             .map(|g| format!("group_{g}"));
-        let keys = ["accuracy".to_string(), format!("acc_{}", easy_vqa_answer_type(gt))];
+        let keys = [
+            "accuracy".to_string(),
+            format!("acc_{}", easy_vqa_answer_type(gt)),
+        ];
         for key in keys.into_iter().chain(family) {
             let e = correct.entry(key).or_default();
             e.0 += usize::from(ok);
