@@ -59,6 +59,10 @@ fn the_patch_projection_starts_at_pytorch_conv_default() {
 }
 
 fn vit_with(init: VitInit) -> (nn::VarStore, VitConfig) {
+    vit_with_std(init, INIT_STD)
+}
+
+fn vit_with_std(init: VitInit, init_std: f64) -> (nn::VarStore, VitConfig) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = VitConfig {
@@ -68,6 +72,7 @@ fn vit_with(init: VitInit) -> (nn::VarStore, VitConfig) {
         depth: 2,
         num_heads: 4,
         init,
+        init_std,
         ..VitConfig::default()
     };
     let _vit = VisionTransformer::new(&(vs.root() / "visual_encoder"), &cfg);
@@ -188,22 +193,7 @@ fn bert_layers_start_at_the_configured_initializer_range() {
 
 #[test]
 fn the_vit_blocks_start_at_the_configured_std() {
-    let build = |init: VitInit, init_std: f64| {
-        tch::manual_seed(0);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let cfg = VitConfig {
-            img_size: 32,
-            patch_size: 8,
-            embed_dim: 128,
-            depth: 2,
-            num_heads: 4,
-            init,
-            init_std,
-            ..VitConfig::default()
-        };
-        let _vit = VisionTransformer::new(&(vs.root() / "visual_encoder"), &cfg);
-        vs
-    };
+    let build = |init, init_std| vit_with_std(init, init_std).0;
     for init in [VitInit::Official, VitInit::Mimetic] {
         let vs = build(init, 0.3);
         let narrow = build(init, INIT_STD).variables();

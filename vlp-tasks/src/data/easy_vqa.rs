@@ -17,6 +17,16 @@ use tch::Tensor;
 use vlp_core::image::ImageTransform;
 use vlp_core::{Result, VlpError};
 
+/// The question families of [`family_of_text`].
+pub const FAMILIES: [&str; 6] = [
+    "colour",
+    "shape",
+    "yes_no_colour",
+    "yes_no_colour_not",
+    "yes_no_shape",
+    "yes_no_shape_not",
+];
+
 /// The question family of an easy-VQA question (its templates, `easy_vqa/questions.py`):
 /// `colour` / `shape` (open questions), `yes_no_colour` / `yes_no_shape` (does the image hold
 /// a shape of that colour / that shape) and their negated forms `…_not` ("is there not …",
