@@ -89,10 +89,36 @@ fn quickstart_runs_end_to_end_above_chance() {
     tch::set_num_threads(1);
     let tmp = std::env::temp_dir().join(format!("vlp-quickstart-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let plan = Plan::test(0);
+    // A head learning-rate multiplier other than 1, so that its parameter patterns meet the
+    // real models (the optimizer rejects a pattern that matches no parameter).
+    let plan = Plan::test(0)
+        .with_overrides(&["head_lr_mult=3".into()])
+        .unwrap();
     let out = tmp.join("run");
     let s = run_plan(&plan, &out, &tmp.join("shapes"), None, Device::Cpu).unwrap();
     check_schema(&out, &s);
+    // The fine-tuning runs that add a head train it at the multiplied rate; retrieval adds none.
+    for (run, head) in [
+        ("vqa-scratch", Some("vqa_head")),
+        ("vqa-pretrained", Some("vqa_head")),
+        ("nlvr2-pretrained", Some("cls_head")),
+        ("ve-scratch", Some("cls_head")),
+        ("easy_vqa-pretrained", Some("vqa_head")),
+        ("retrieval-pretrained", None),
+    ] {
+        let cfg: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(out.join(run).join("config.yaml")).unwrap(),
+        )
+        .unwrap();
+        let mult = &cfg["optimizer"]["lr_mult"];
+        match head {
+            Some(h) => assert_eq!(mult[h].as_f64(), Some(3.0), "{run}: {mult:?}"),
+            None => assert!(
+                mult.as_mapping().is_none_or(|m| m.is_empty()),
+                "{run}: {mult:?}"
+            ),
+        }
+    }
     let table = vlp_tasks::quickstart::report::table(&s);
     println!("{table}");
     for (k, t) in s.ordered() {

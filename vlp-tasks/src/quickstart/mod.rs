@@ -208,6 +208,12 @@ pub struct Plan {
     /// batch; the official recipes fine-tune at a fraction of the pre-training rate).
     #[serde(default = "one")]
     pub pretrained_lr_scale: f64,
+    /// Learning-rate multiplier of the task head that fine-tuning adds (`vqa_head` for VQA and
+    /// easy-VQA, `cls_head` for NLVR2 and SNLI-VE; retrieval adds none), in both arms: ViLT's
+    /// and VLMo's `lr_mult` (10 in their VQA and NLVR2 recipes), the optimizer's
+    /// `lr_mult: {vqa_head: m}`.
+    #[serde(default = "one")]
+    pub head_lr_mult: f64,
     /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
     pub eval_samples: usize,
     /// Images of the retrieval gallery (5 captions each).
@@ -277,6 +283,7 @@ impl Plan {
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
+            head_lr_mult: 1.0,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -373,6 +380,7 @@ impl Plan {
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
+            head_lr_mult: 1.0,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -417,6 +425,12 @@ impl Plan {
             if !(v.is_finite() && v > 0.0) {
                 return Err(bad(format!("{k}: {v} must be a positive std")));
             }
+        }
+        if !(self.head_lr_mult.is_finite() && self.head_lr_mult > 0.0) {
+            return Err(bad(format!(
+                "head_lr_mult: {} must be a positive factor",
+                self.head_lr_mult
+            )));
         }
         Ok(())
     }
@@ -979,7 +993,16 @@ mod tests {
         assert_eq!(p.text_init_std, 0.1);
         let p = base.with_overrides(&["vit_init_std=0.1".into()]).unwrap();
         assert_eq!(p.vit_init_std, 0.1);
-        for bad in ["text_init_std=0", "text_init_std=-0.1", "vit_init_std=0"] {
+        assert_eq!(base.head_lr_mult, 1.0);
+        let p = base.with_overrides(&["head_lr_mult=10".into()]).unwrap();
+        assert_eq!(p.head_lr_mult, 10.0);
+        for bad in [
+            "text_init_std=0",
+            "text_init_std=-0.1",
+            "vit_init_std=0",
+            "head_lr_mult=0",
+            "head_lr_mult=-1",
+        ] {
             let e = base.with_overrides(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");
         }

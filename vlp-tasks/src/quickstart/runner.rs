@@ -109,6 +109,16 @@ impl TaskKind {
         }
     }
 
+    /// The parameter prefix of the head that fine-tuning adds on top of the pre-trained
+    /// encoders (retrieval adds none).
+    pub fn head(self) -> Option<&'static str> {
+        match self {
+            TaskKind::Retrieval => None,
+            TaskKind::Vqa | TaskKind::EasyVqa => Some("vqa_head"),
+            TaskKind::Nlvr2 | TaskKind::Ve => Some("cls_head"),
+        }
+    }
+
     fn task(self) -> Task {
         match self {
             TaskKind::Retrieval => Task::Retrieval,
@@ -304,6 +314,11 @@ impl<'a> Ctx<'a> {
         };
         t.optimizer.lr = stage.lr;
         t.optimizer.weight_decay = 0.02;
+        if let Some(head) = kind.and_then(TaskKind::head) {
+            if plan.head_lr_mult != 1.0 {
+                t.optimizer.lr_mult = BTreeMap::from([(head.to_string(), plan.head_lr_mult)]);
+            }
+        }
         t.schedule = ScheduleConfig {
             warmup: (stage.steps / 20).max(1),
             min_lr: stage.lr * 0.02,
