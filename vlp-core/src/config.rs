@@ -215,7 +215,7 @@ impl ConfigTree for serde_json::Value {
 /// Applies `--set` overrides, each `a.b.c=value`: the value is parsed as YAML (`3`, `1e-4`,
 /// `true`, `null`, `[1, 2]`, `"text"`; anything unparsable stays a string), numeric path parts
 /// index sequences. The path must already exist (its name is in the error, with the known keys);
-/// prefix it with `+` (`+a.b.new=1`) to add a new key under an existing mapping.
+/// prefix it with `+` (`+a.b.new=1`) to add a new key, creating the missing mappings on its path.
 pub fn apply_overrides<V: ConfigTree>(value: &mut V, sets: &[&str]) -> Result<()> {
     let origin = Path::new("--set");
     for set in sets {
@@ -239,6 +239,24 @@ pub fn apply_overrides<V: ConfigTree>(value: &mut V, sets: &[&str]) -> Result<()
         let (last, parents) = parts.split_last().expect("split gives at least one part");
         let mut node = &mut *value;
         for (i, p) in parents.iter().enumerate() {
+            // `+a.b.c=v` creates the missing mappings `a` and `a.b` on the way.
+            if add && node.child_mut(p).is_none() {
+                let empty = V::from_yaml(serde_yaml::Value::Mapping(Default::default()))
+                    .map_err(|e| cfg_err(origin, format!("`{set}`: {e}")))?;
+                if !node.insert(p, empty) {
+                    return Err(cfg_err(
+                        origin,
+                        format!(
+                            "`{key_path}`: `{}` is not a mapping",
+                            if i == 0 {
+                                "<root>".to_string()
+                            } else {
+                                parts[..i].join(".")
+                            }
+                        ),
+                    ));
+                }
+            }
             let known = node.keys();
             node = node.child_mut(p).ok_or_else(|| {
                 missing(
@@ -365,5 +383,12 @@ mod tests {
         let e = apply_overrides(&mut j, &["x.y=1"]).unwrap_err().to_string();
         assert!(e.contains("`x`"), "{e}");
         assert!(apply_overrides(&mut j, &["a.b"]).is_err());
+        // `+` creates the missing mappings on its path, never through a value.
+        apply_overrides(&mut j, &["+x.y.z=2"]).unwrap();
+        assert_eq!(j["x"], serde_json::json!({"y": {"z": 2}}));
+        let e = apply_overrides(&mut j, &["+a.b.q=1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`a.b` is not a mapping"), "{e}");
     }
 }

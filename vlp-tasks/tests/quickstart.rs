@@ -183,6 +183,7 @@ fn quickstart_runs_end_to_end_above_chance() {
             "text_init_std=0.1".into(),
             "vit_init=mimetic".into(),
             "vit_init_std=0.05".into(),
+            "+model.vision.mlp_ratio=2.0".into(),
         ])
         .unwrap();
     let ctx2 = ctx_of(&p2, &tmp, "ctx2");
@@ -196,6 +197,8 @@ fn quickstart_runs_end_to_end_above_chance() {
         let (text, vit) = if mimetic { (0.1, 0.05) } else { (0.02, 0.02) };
         assert_eq!(m.bert.initializer_range, text);
         assert_eq!(vision.init_std, vit);
+        // The plan's `model` fields reach the model config too.
+        assert_eq!(vision.mlp_ratio, if mimetic { 2.0 } else { 4.0 });
     }
     // A second run reuses the generated Shapes data.
     assert!(!vlp_tasks::quickstart::ensure_shapes(&plan.shapes, &tmp.join("shapes")).unwrap());

@@ -214,6 +214,12 @@ pub struct Plan {
     /// `lr_mult: {vqa_head: m}`.
     #[serde(default = "one")]
     pub head_lr_mult: f64,
+    /// Fields of the ALBEF model config merged over the preset and the quickstart's own
+    /// settings in every model the run builds (pre-training and fine-tuning alike), e.g.
+    /// `--set +model.bert.fusion_layer=1` (three of the four text layers cross-attend) or
+    /// `--set +model.vision.depth=6`; an unknown field or a wrong type is an error naming it.
+    #[serde(default)]
+    pub model: serde_json::Map<String, serde_json::Value>,
     /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
     pub eval_samples: usize,
     /// Images of the retrieval gallery (5 captions each).
@@ -284,6 +290,7 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
+            model: Default::default(),
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -381,6 +388,7 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
+            model: Default::default(),
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -426,6 +434,13 @@ impl Plan {
                 return Err(bad(format!("{k}: {v} must be a positive std")));
             }
         }
+        if !self.model.is_empty() {
+            let mut v = serde_json::to_value(crate::pipeline::albef::albef_preset(self.preset))
+                .map_err(|e| VlpError::Msg(format!("albef preset: {e}")))?;
+            crate::pipeline::config::merge_json(&mut v, self.model_overrides());
+            vlp_models::albef::AlbefConfig::from_json(&v)
+                .map_err(|e| bad(format!("model: {e}")))?;
+        }
         if !(self.head_lr_mult.is_finite() && self.head_lr_mult > 0.0) {
             return Err(bad(format!(
                 "head_lr_mult: {} must be a positive factor",
@@ -433,6 +448,29 @@ impl Plan {
             )));
         }
         Ok(())
+    }
+
+    /// The `model` fields as merged into every model config; a preset's NLVR2 layer count
+    /// (each fusion layer twice) follows a changed `bert.num_hidden_layers` /
+    /// `bert.fusion_layer` unless `nlvr_layers` is given too.
+    pub fn model_overrides(&self) -> serde_json::Value {
+        let mut m = self.model.clone();
+        let base = crate::pipeline::albef::albef_preset(self.preset);
+        if base.nlvr_layers.is_some() && !m.contains_key("nlvr_layers") {
+            let bert = m.get("bert");
+            let field = |k: &str| {
+                bert.and_then(|b| b.get(k))
+                    .and_then(serde_json::Value::as_i64)
+            };
+            let layers = field("num_hidden_layers").unwrap_or(base.bert.num_hidden_layers);
+            let fusion = field("fusion_layer").or(base.bert.fusion_layer);
+            if let Some(f) = fusion {
+                if (layers, Some(f)) != (base.bert.num_hidden_layers, base.bert.fusion_layer) {
+                    m.insert("nlvr_layers".into(), (f + 2 * (layers - f)).into());
+                }
+            }
+        }
+        serde_json::Value::Object(m)
     }
 
     /// The plan with `--set key.path=value` overrides applied (unknown keys and wrong types are
@@ -970,6 +1008,36 @@ mod tests {
         ];
         let e = base.with_overrides(&all_off).unwrap_err().to_string();
         assert!(e.contains("every weight is 0"), "{e}");
+    }
+
+    #[test]
+    fn model_fields_merge_over_the_preset_and_are_checked() {
+        let base = Plan::default_run(0);
+        assert!(base.model.is_empty());
+        assert_eq!(base.model_overrides(), serde_json::json!({}));
+        let p = base
+            .with_overrides(&[
+                "+model.bert.fusion_layer=1".into(),
+                "+model.vision.depth=6".into(),
+            ])
+            .unwrap();
+        // NLVR2's layer count follows the fusion depth: 1 text layer + 2 × 3 fusion layers.
+        assert_eq!(
+            p.model_overrides(),
+            serde_json::json!({"bert": {"fusion_layer": 1}, "vision": {"depth": 6}, "nlvr_layers": 7})
+        );
+        let p = base
+            .with_overrides(&["+model.nlvr_layers=6".into(), "+model.embed_dim=32".into()])
+            .unwrap();
+        assert_eq!(p.model_overrides()["nlvr_layers"], 6);
+        for (bad, named) in [
+            ("+model.bert.fusin_layer=1", "fusin_layer"),
+            ("+model.bert.fusion_layer=9", "fusion_layer"),
+            ("+model.vision.depth=deep", "depth"),
+        ] {
+            let e = base.with_overrides(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("model") && e.contains(named), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -179,6 +179,17 @@ fn yaml_map(pairs: &[(&str, serde_yaml::Value)]) -> serde_yaml::Value {
     serde_yaml::Value::Mapping(m)
 }
 
+/// The quickstart's model settings with the plan's `model` fields merged over them.
+fn with_plan_model(plan: &Plan, config: serde_yaml::Value) -> Result<serde_yaml::Value> {
+    if plan.model.is_empty() {
+        return Ok(config);
+    }
+    let err = |e: String| VlpError::Msg(format!("quickstart plan `model`: {e}"));
+    let mut v = serde_json::to_value(&config).map_err(|e| err(e.to_string()))?;
+    crate::pipeline::config::merge_json(&mut v, plan.model_overrides());
+    serde_yaml::to_value(&v).map_err(|e| err(e.to_string()))
+}
+
 fn one(p: &str) -> Files {
     Files::One(PathBuf::from(p))
 }
@@ -340,37 +351,40 @@ impl<'a> Ctx<'a> {
                 // No momentum distillation when fine-tuning: half the forward passes on CPU.
                 // The vocabulary of the data (a few hundred words): the MLM / answer heads over
                 // bert-base's 30,522 tokens would cost more than the rest of the model.
-                config: Some(yaml_map(&[
-                    ("distill", serde_yaml::Value::Bool(false)),
-                    // No dropout: a 128-wide model trained for hundreds of steps underfits
-                    // (easy-VQA 85.45% without vs 82.5% with BERT's 0.1, docs/quickstart.md).
-                    (
-                        "bert",
-                        yaml_map(&[
-                            (
-                                "vocab_size",
-                                serde_yaml::Value::from(self.vocab_size as u64),
-                            ),
-                            ("hidden_dropout_prob", serde_yaml::Value::from(0.0)),
-                            ("attention_probs_dropout_prob", serde_yaml::Value::from(0.0)),
-                            (
-                                "initializer_range",
-                                serde_yaml::Value::from(plan.text_init_std),
-                            ),
-                        ]),
-                    ),
-                    (
-                        "vision",
-                        yaml_map(&[
-                            (
-                                "init",
-                                serde_yaml::to_value(plan.vit_init)
-                                    .expect("a unit enum serialises"),
-                            ),
-                            ("init_std", serde_yaml::Value::from(plan.vit_init_std)),
-                        ]),
-                    ),
-                ])),
+                config: Some(with_plan_model(
+                    plan,
+                    yaml_map(&[
+                        ("distill", serde_yaml::Value::Bool(false)),
+                        // No dropout: a 128-wide model trained for hundreds of steps underfits
+                        // (easy-VQA 85.45% without vs 82.5% with BERT's 0.1, docs/quickstart.md).
+                        (
+                            "bert",
+                            yaml_map(&[
+                                (
+                                    "vocab_size",
+                                    serde_yaml::Value::from(self.vocab_size as u64),
+                                ),
+                                ("hidden_dropout_prob", serde_yaml::Value::from(0.0)),
+                                ("attention_probs_dropout_prob", serde_yaml::Value::from(0.0)),
+                                (
+                                    "initializer_range",
+                                    serde_yaml::Value::from(plan.text_init_std),
+                                ),
+                            ]),
+                        ),
+                        (
+                            "vision",
+                            yaml_map(&[
+                                (
+                                    "init",
+                                    serde_yaml::to_value(plan.vit_init)
+                                        .expect("a unit enum serialises"),
+                                ),
+                                ("init_std", serde_yaml::Value::from(plan.vit_init_std)),
+                            ]),
+                        ),
+                    ]),
+                )?),
                 init: init.map(Path::to_path_buf),
                 init_mode: InitMode::Partial,
                 // Softmax CE learns the answers in hundreds of steps; BCE over 74 answers first
