@@ -24,7 +24,9 @@ use vlp_models::albef::{
 use vlp_models::VlpModel;
 
 use super::config::{ExperimentConfig, InitMode, Preset, Task};
-use crate::data::easy_vqa::{EasyVqa, EasyVqaDataset, EasyVqaSample, Split as EasySplit};
+use crate::data::easy_vqa::{
+    EasyVqa, EasyVqaDataset, EasyVqaQuestion, EasyVqaSample, Split as EasySplit,
+};
 use crate::data::grouped::{easy_as_vqa, GroupedVqaDataset, GroupedVqaSample};
 use crate::data::karpathy::{self, CaptionDataset, CaptionSample, RetrievalGallery};
 use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
@@ -679,16 +681,52 @@ pub fn train_loader(
 /// The VQA / easy-VQA training set: grouped by image when `data.questions_per_image` is set,
 /// with classifier targets for `vqa_cls` (soft scores count / len, as ALBEF/BLIP).
 pub fn vqa_train_dataset(exp: &ExperimentConfig, tf: ImageTransform) -> Result<AnyDataset> {
+    if exp.data.task == Task::EasyVqa {
+        let ev = easy_vqa(exp)?;
+        let qs = ev.read(EasySplit::Train, exp.data.skip_bad_samples)?.items;
+        return easy_vqa_train_dataset(exp, tf, qs);
+    }
     let vocab = if exp.model.variant == "vqa_cls" {
         Some(Arc::new(answer_vocab(exp)?))
     } else {
         None
     };
     let per_image = exp.data.questions_per_image;
-    Ok(if exp.data.task == Task::EasyVqa {
-        let ev = easy_vqa(exp)?;
-        let qs = ev.read(EasySplit::Train, exp.data.skip_bad_samples)?.items;
-        match per_image {
+    let qs = read_vqa(exp, &need_files(exp, "train")?)?;
+    Ok(match per_image {
+        Some(k) => AnyDataset::VqaGrouped(GroupedVqaDataset::new(
+            qs,
+            k,
+            tf,
+            prep(exp),
+            ScoreConvention::CountOverLen,
+            vocab,
+        )),
+        None => AnyDataset::Vqa(VqaDataset::new(
+            qs,
+            tf,
+            prep(exp),
+            ScoreConvention::CountOverLen,
+            vocab,
+        )),
+    })
+}
+
+/// The easy-VQA training set of an experiment over the given questions (the training split's,
+/// possibly with added ones): grouped by image when `data.questions_per_image` is set.
+pub fn easy_vqa_train_dataset(
+    exp: &ExperimentConfig,
+    tf: ImageTransform,
+    qs: Vec<EasyVqaQuestion>,
+) -> Result<AnyDataset> {
+    let vocab = if exp.model.variant == "vqa_cls" {
+        Some(Arc::new(answer_vocab(exp)?))
+    } else {
+        None
+    };
+    let ev = easy_vqa(exp)?;
+    Ok({
+        match exp.data.questions_per_image {
             Some(k) => AnyDataset::VqaGrouped(GroupedVqaDataset::new(
                 qs.into_iter().map(easy_as_vqa).collect(),
                 k,
@@ -701,25 +739,6 @@ pub fn vqa_train_dataset(exp: &ExperimentConfig, tf: ImageTransform) -> Result<A
                 let answers = Arc::new(ev.answers.answers().to_vec());
                 AnyDataset::EasyVqa(EasyVqaDataset::new(qs, tf), answers)
             }
-        }
-    } else {
-        let qs = read_vqa(exp, &need_files(exp, "train")?)?;
-        match per_image {
-            Some(k) => AnyDataset::VqaGrouped(GroupedVqaDataset::new(
-                qs,
-                k,
-                tf,
-                prep(exp),
-                ScoreConvention::CountOverLen,
-                vocab,
-            )),
-            None => AnyDataset::Vqa(VqaDataset::new(
-                qs,
-                tf,
-                prep(exp),
-                ScoreConvention::CountOverLen,
-                vocab,
-            )),
         }
     })
 }

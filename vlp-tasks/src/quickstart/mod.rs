@@ -171,6 +171,14 @@ pub struct Plan {
     /// eight symmetries of the square; easy-VQA asks about no position or orientation).
     #[serde(default)]
     pub easy_vqa_rotate: bool,
+    /// Also train easy-VQA on contrastive yes/no shape questions: for each training image whose
+    /// shape its own training questions state, "does the image contain a {shape}?" for every
+    /// shape of the answer list ("yes" for its shape, "no" for the others) — counterfactual
+    /// question augmentation (as in Chen et al. 2020, CSS), from training annotations only.
+    /// The same image with different shape words and answers makes the model compare the word
+    /// with the image, which plain yes/no shape questions (two in three "no") do not force.
+    #[serde(default)]
+    pub easy_vqa_shape_contrast: bool,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -286,6 +294,7 @@ impl Plan {
             easy_vqa_scratch: true,
             shapes_scratch: true,
             easy_vqa_rotate: false,
+            easy_vqa_shape_contrast: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -343,6 +352,7 @@ impl Plan {
             easy_vqa_scratch: false,
             shapes_scratch: true,
             easy_vqa_rotate: false,
+            easy_vqa_shape_contrast: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -384,6 +394,7 @@ impl Plan {
             easy_vqa_scratch: false,
             shapes_scratch: true,
             easy_vqa_rotate: false,
+            easy_vqa_shape_contrast: false,
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,

@@ -453,6 +453,19 @@ impl<'a> Ctx<'a> {
                 tf,
                 prep,
             )),
+            Task::EasyVqa if self.plan.easy_vqa_shape_contrast => {
+                let ev = crate::pipeline::albef::easy_vqa(exp)?;
+                let mut qs = ev
+                    .read(
+                        crate::data::easy_vqa::Split::Train,
+                        exp.data.skip_bad_samples,
+                    )?
+                    .items;
+                let answers = ev.answers.answers().to_vec();
+                let extra = easy_vqa_shape_contrast(&qs, &answers);
+                qs.extend(extra);
+                crate::pipeline::albef::easy_vqa_train_dataset(exp, tf, qs)?
+            }
             Task::Vqa | Task::EasyVqa => vqa_train_dataset(exp, tf)?,
             Task::Nlvr2 => {
                 let mut ex = Vec::new();
@@ -742,6 +755,44 @@ pub fn easy_vqa_attributes(
         }
     }
     out.retain(|_, (c, s)| c.is_some() || s.is_some());
+    out
+}
+
+/// Contrastive yes/no shape questions for easy-VQA training images
+/// ([`Plan::easy_vqa_shape_contrast`](super::Plan::easy_vqa_shape_contrast)): for each image
+/// whose shape its questions state ([`easy_vqa_attributes`]), "does the image contain a
+/// {shape}?" for every shape answer, "yes" for its own shape and "no" for the others.
+pub fn easy_vqa_shape_contrast(
+    questions: &[crate::data::easy_vqa::EasyVqaQuestion],
+    answers: &[String],
+) -> Vec<crate::data::easy_vqa::EasyVqaQuestion> {
+    let label = |a: &str| answers.iter().position(|x| x == a);
+    let (Some(yes), Some(no)) = (label("yes"), label("no")) else {
+        return Vec::new();
+    };
+    let shapes: Vec<&String> = answers
+        .iter()
+        .filter(|a| easy_vqa_answer_type(a) == "shape")
+        .collect();
+    let ids: BTreeMap<&Path, u64> = questions
+        .iter()
+        .map(|q| (q.image.as_path(), q.image_id))
+        .collect();
+    let mut out = Vec::new();
+    for (image, (_, shape)) in easy_vqa_attributes(questions, answers) {
+        let Some(shape) = shape else { continue };
+        let image_id = ids[image.as_path()];
+        for s in &shapes {
+            let present = **s == shape;
+            out.push(crate::data::easy_vqa::EasyVqaQuestion {
+                question: format!("does the image contain a {s}?"),
+                answer: if present { "yes" } else { "no" }.to_string(),
+                label: if present { yes } else { no },
+                image_id,
+                image: image.clone(),
+            });
+        }
+    }
     out
 }
 
@@ -1255,6 +1306,39 @@ mod tests {
             image_id: 0,
             image: PathBuf::from(image),
         }
+    }
+
+    #[test]
+    fn shape_contrast_asks_every_shape_of_images_with_a_known_shape() {
+        let answers: Vec<String> = ["yes", "no", "red", "circle", "rectangle", "triangle"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let qs = [
+            q("a.png", "what shape is in the image?", "triangle"),
+            // colour only: no shape known, no contrast questions
+            q("b.png", "what color is the shape?", "red"),
+        ];
+        let extra = easy_vqa_shape_contrast(&qs, &answers);
+        let got: Vec<(String, String, usize)> = extra
+            .iter()
+            .map(|e| {
+                assert_eq!(e.image, PathBuf::from("a.png"));
+                (e.question.clone(), e.answer.clone(), e.label)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("does the image contain a circle?".into(), "no".into(), 1),
+                ("does the image contain a rectangle?".into(), "no".into(), 1),
+                ("does the image contain a triangle?".into(), "yes".into(), 0),
+            ]
+        );
+        // The questions are of the yes/no shape family that the evaluation reports.
+        assert!(extra.iter().all(|e| {
+            crate::data::easy_vqa::family_of_text(&e.question) == Some("yes_no_shape")
+        }));
     }
 
     #[test]
