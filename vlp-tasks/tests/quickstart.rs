@@ -90,9 +90,13 @@ fn quickstart_runs_end_to_end_above_chance() {
     let tmp = std::env::temp_dir().join(format!("vlp-quickstart-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     // A head learning-rate multiplier other than 1, so that its parameter patterns meet the
-    // real models (the optimizer rejects a pattern that matches no parameter).
+    // real models (the optimizer rejects a pattern that matches no parameter), and easy-VQA's
+    // contrastive shape questions, so that their training set is built from the real data.
     let plan = Plan::test(0)
-        .with_overrides(&["head_lr_mult=3".into()])
+        .with_overrides(&[
+            "head_lr_mult=3".into(),
+            "easy_vqa_shape_contrast=true".into(),
+        ])
         .unwrap();
     let out = tmp.join("run");
     let s = run_plan(&plan, &out, &tmp.join("shapes"), None, Device::Cpu).unwrap();

@@ -780,8 +780,9 @@ pub fn easy_vqa_shape_contrast(
         .collect();
     let mut out = Vec::new();
     for (image, (_, shape)) in easy_vqa_attributes(questions, answers) {
-        let Some(shape) = shape else { continue };
-        let image_id = ids[image.as_path()];
+        let (Some(shape), Some(&image_id)) = (shape, ids.get(image.as_path())) else {
+            continue;
+        };
         for s in &shapes {
             let present = **s == shape;
             out.push(crate::data::easy_vqa::EasyVqaQuestion {
