@@ -1309,12 +1309,13 @@ mod tests {
         }
     }
 
+    fn strings(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn shape_contrast_asks_every_shape_of_images_with_a_known_shape() {
-        let answers: Vec<String> = ["yes", "no", "red", "circle", "rectangle", "triangle"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let answers = strings(&["yes", "no", "red", "circle", "rectangle", "triangle"]);
         let qs = [
             q("a.png", "what shape is in the image?", "triangle"),
             // colour only: no shape known, no contrast questions
@@ -1344,10 +1345,7 @@ mod tests {
 
     #[test]
     fn easy_vqa_attributes_follow_the_answers_and_negations() {
-        let answers: Vec<String> = ["yes", "no", "red", "blue", "circle", "rectangle"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let answers = strings(&["yes", "no", "red", "blue", "circle", "rectangle"]);
         let qs = [
             // stated by a "what" question: the answer and the attribute it names
             q("a.png", "what is the blue shape?", "rectangle"),
