@@ -146,6 +146,17 @@ fn quickstart_runs_end_to_end_above_chance() {
         last["mlm"] < first["mlm"] && last["mlm"] < (vocab as f64).ln(),
         "{first:?} -> {last:?}"
     );
+    // The grounding probe ran on the pre-trained weights: both probes over every easy-VQA test
+    // image whose colour and shape are known, accuracies in range, chance from the answer list.
+    let g = s.pretrain.probe.as_ref().expect("the grounding probe ran");
+    assert!(g.images > 500, "{g:?}");
+    for v in [g.shape_itm, g.shape_itc, g.colour_itm, g.colour_itc] {
+        assert!((0.0..=100.0).contains(&v), "{g:?}");
+    }
+    assert!((g.shape_chance - 100.0 / 3.0).abs() < 1e-9, "{g:?}");
+    assert!((g.colour_chance - 100.0 / 8.0).abs() < 1e-9, "{g:?}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("Grounding probe"), "{report}");
     // SNLI-VE gets the most steps at this size: its neutral hypotheses are recognisable by their
     // words, so a few dozen steps beat the majority class.
     let ve = &s.tasks["ve"];

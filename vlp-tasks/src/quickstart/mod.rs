@@ -13,6 +13,7 @@
 //! The models, their [`Trainable`](crate::train::Trainable) implementation, the data sets and
 //! the evaluation are the pipeline's ([`crate::pipeline::albef`]); this module only plans the
 //! budget, wires the runs together and reports. `docs/quickstart.md` has the measured numbers.
+pub mod probe;
 pub mod report;
 pub mod runner;
 
@@ -179,6 +180,13 @@ pub struct Plan {
     /// with the image, which plain yes/no shape questions (two in three "no") do not force.
     #[serde(default)]
     pub easy_vqa_shape_contrast: bool,
+    /// Also train easy-VQA on contrastive yes/no colour questions: for each training image whose
+    /// colour its training questions state, "is there a {colour} shape?" for its colour and two
+    /// others (one "yes" in three, as the shape contrast). easy-VQA's own colour yes/no
+    /// questions are seven in eight "no" (or "yes" when negated), so that a model answering
+    /// from the text alone already scores 88% on them.
+    #[serde(default)]
+    pub easy_vqa_colour_contrast: bool,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -228,6 +236,11 @@ pub struct Plan {
     /// `--set +model.vision.depth=6`; an unknown field or a wrong type is an error naming it.
     #[serde(default)]
     pub model: serde_json::Map<String, serde_json::Value>,
+    /// Run the zero-shot grounding probe ([`probe`]) on the pre-trained weights before
+    /// fine-tuning (when easy-VQA is found): can ITM / ITC pick "a red circle" over "a red
+    /// triangle", and over "a blue circle"? A few seconds; `summary.json`'s `pretrain.probe`.
+    #[serde(default = "yes")]
+    pub probe: bool,
     /// Evaluation samples per Shapes task (images for retrieval are `retrieval_images`).
     pub eval_samples: usize,
     /// Images of the retrieval gallery (5 captions each).
@@ -295,11 +308,13 @@ impl Plan {
             shapes_scratch: true,
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
+            easy_vqa_colour_contrast: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
             model: Default::default(),
+            probe: true,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -353,6 +368,7 @@ impl Plan {
             shapes_scratch: true,
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
+            easy_vqa_colour_contrast: false,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -395,11 +411,13 @@ impl Plan {
             shapes_scratch: true,
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
+            easy_vqa_colour_contrast: false,
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
             model: Default::default(),
+            probe: true,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
             vit_init_std: official_init_std(),
@@ -759,6 +777,7 @@ pub fn run_plan_with(
                     last_terms: BTreeMap::new(),
                     seconds: 0.0,
                     run_dir: dir.display().to_string(),
+                    probe: None,
                 },
                 dir.clone(),
             )
@@ -778,11 +797,30 @@ pub fn run_plan_with(
                     last_terms: pre.last_terms.clone(),
                     seconds: t0.elapsed().as_secs_f64(),
                     run_dir: "pretrain".into(),
+                    probe: None,
                 },
                 out.join("pretrain"),
             )
         }
     };
+
+    let mut pretrain = pretrain;
+    if plan.probe {
+        if let Some(p) = ctx.grounding_probe(&init)? {
+            println!(
+                "        grounding probe (easy-VQA test, {} images, zero-shot): shape ITM {:.1} / ITC {:.1} \
+                 (chance {:.1}), colour ITM {:.1} / ITC {:.1} (chance {:.1})",
+                p.images,
+                p.shape_itm,
+                p.shape_itc,
+                p.shape_chance,
+                p.colour_itm,
+                p.colour_itc,
+                p.colour_chance
+            );
+            pretrain.probe = Some(p);
+        }
+    }
 
     let mut tasks = BTreeMap::new();
     let mut wins = 0;

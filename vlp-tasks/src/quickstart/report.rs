@@ -71,6 +71,9 @@ pub struct PretrainSummary {
     pub seconds: f64,
     /// Its run directory (relative to the quickstart directory).
     pub run_dir: String,
+    /// The zero-shot grounding probe of the pre-trained weights (`None`: not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<super::probe::GroundingProbe>,
 }
 
 /// `summary.json`.
@@ -304,6 +307,23 @@ pub fn markdown(s: &Summary) -> String {
         terms(&p.last_terms),
         p.run_dir
     ));
+    if let Some(g) = &p.probe {
+        m.push_str(&format!(
+            "\n### Grounding probe (zero-shot, before fine-tuning)\n\n\
+             On {} easy-VQA test images the pre-trained model picks the true caption among \
+             captions that differ in one word (`vlp_tasks::quickstart::probe`):\n\n\
+             | probe | ITM | ITC | chance |\n|---|---:|---:|---:|\n\
+             | shape (\"a red circle\" / \"a red triangle\" / …) | {:.1} | {:.1} | {:.1} |\n\
+             | colour (\"a red circle\" / \"a blue circle\" / …) | {:.1} | {:.1} | {:.1} |\n",
+            g.images,
+            g.shape_itm,
+            g.shape_itc,
+            g.shape_chance,
+            g.colour_itm,
+            g.colour_itc,
+            g.colour_chance
+        ));
+    }
     m.push_str("\n## Details\n\n");
     for (k, t) in s.ordered() {
         m.push_str(&format!("- **{}** (`{k}`)\n", t.task));

@@ -453,7 +453,9 @@ impl<'a> Ctx<'a> {
                 tf,
                 prep,
             )),
-            Task::EasyVqa if self.plan.easy_vqa_shape_contrast => {
+            Task::EasyVqa
+                if self.plan.easy_vqa_shape_contrast || self.plan.easy_vqa_colour_contrast =>
+            {
                 let ev = crate::pipeline::albef::easy_vqa(exp)?;
                 let mut qs = ev
                     .read(
@@ -462,7 +464,13 @@ impl<'a> Ctx<'a> {
                     )?
                     .items;
                 let answers = ev.answers.answers().to_vec();
-                let extra = easy_vqa_shape_contrast(&qs, &answers);
+                let mut extra = Vec::new();
+                if self.plan.easy_vqa_shape_contrast {
+                    extra.extend(easy_vqa_shape_contrast(&qs, &answers));
+                }
+                if self.plan.easy_vqa_colour_contrast {
+                    extra.extend(easy_vqa_colour_contrast(&qs, &answers));
+                }
                 qs.extend(extra);
                 crate::pipeline::albef::easy_vqa_train_dataset(exp, tf, qs)?
             }
@@ -592,6 +600,45 @@ impl<'a> Ctx<'a> {
             term(outcome.history.last())
         );
         Ok(self.out.join(NLVR2_TA_RUN))
+    }
+
+    /// The zero-shot grounding probe ([`super::probe`]) of the pre-trained weights `init` on
+    /// easy-VQA's test split; `None` without easy-VQA. The model is the retrieval variant (ITC
+    /// and ITM heads as pre-training left them), nothing is trained.
+    pub fn grounding_probe(&self, init: &Path) -> Result<Option<super::probe::GroundingProbe>> {
+        let Some(easy) = &self.easy else {
+            return Ok(None);
+        };
+        let exp = self.experiment(
+            Some(TaskKind::Retrieval),
+            &self.plan.retrieval,
+            "probe",
+            Some(init),
+        )?;
+        let cfg = albef_config(&exp)?;
+        let mut model = AlbefModel::build_for(&exp, &cfg, self.device)?;
+        let report = load_init(&mut model, init, exp.model.init_mode)?;
+        let bad = (report.mismatched.iter().map(|m| &m.key))
+            .chain(report.missing.iter().map(|k| &k.key))
+            .next();
+        if let Some(key) = bad {
+            return Err(VlpError::Msg(format!(
+                "grounding probe: {} does not hold the pre-trained model: `{key}` is missing or \
+                 mis-shaped",
+                init.display()
+            )));
+        }
+        model.set_train(false);
+        let AlbefModel::Retrieval(m) = &model else {
+            return Err(VlpError::Msg(
+                "grounding probe: the retrieval variant was not built".into(),
+            ));
+        };
+        let transform = ImageTransform::new(ImageTransformConfig::eval(
+            cfg.image_res as u32,
+            Normalize::Clip,
+        ))?;
+        super::probe::easy_vqa_probe(m, &self.enc(), &transform, easy).map(Some)
     }
 
     /// Fine-tunes `kind` (from `init`, a run directory, or from scratch) and evaluates it on the
@@ -787,6 +834,56 @@ pub fn easy_vqa_shape_contrast(
             let present = **s == shape;
             out.push(crate::data::easy_vqa::EasyVqaQuestion {
                 question: format!("does the image contain a {s}?"),
+                answer: if present { "yes" } else { "no" }.to_string(),
+                label: if present { yes } else { no },
+                image_id,
+                image: image.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Contrastive yes/no colour questions for easy-VQA training images
+/// ([`Plan::easy_vqa_colour_contrast`](super::Plan::easy_vqa_colour_contrast)): for each image
+/// whose colour its questions state ([`easy_vqa_attributes`]), "is there a {colour} shape?" for
+/// its colour ("yes") and for two other colours of the answer list ("no"), picked by the image
+/// id so that every colour is asked about — the colour counterpart of
+/// [`easy_vqa_shape_contrast`], one "yes" in three as there.
+pub fn easy_vqa_colour_contrast(
+    questions: &[crate::data::easy_vqa::EasyVqaQuestion],
+    answers: &[String],
+) -> Vec<crate::data::easy_vqa::EasyVqaQuestion> {
+    let label = |a: &str| answers.iter().position(|x| x == a);
+    let (Some(yes), Some(no)) = (label("yes"), label("no")) else {
+        return Vec::new();
+    };
+    let colours: Vec<&String> = answers
+        .iter()
+        .filter(|a| easy_vqa_answer_type(a) == "color")
+        .collect();
+    let ids: BTreeMap<&Path, u64> = questions
+        .iter()
+        .map(|q| (q.image.as_path(), q.image_id))
+        .collect();
+    let mut out = Vec::new();
+    for (image, (colour, _)) in easy_vqa_attributes(questions, answers) {
+        let (Some(colour), Some(&image_id)) = (colour, ids.get(image.as_path())) else {
+            continue;
+        };
+        let others: Vec<&&String> = colours.iter().filter(|c| ***c != colour).collect();
+        let m = others.len();
+        let mut asked = vec![(colour.as_str(), true)];
+        if m > 0 {
+            let first = image_id as usize % m;
+            asked.push((others[first].as_str(), false));
+            if m > 1 {
+                asked.push((others[(first + m / 2) % m].as_str(), false));
+            }
+        }
+        for (c, present) in asked {
+            out.push(crate::data::easy_vqa::EasyVqaQuestion {
+                question: format!("is there a {c} shape?"),
                 answer: if present { "yes" } else { "no" }.to_string(),
                 label: if present { yes } else { no },
                 image_id,
@@ -1340,6 +1437,33 @@ mod tests {
         // The questions are of the yes/no shape family that the evaluation reports.
         assert!(extra.iter().all(|e| {
             crate::data::easy_vqa::family_of_text(&e.question) == Some("yes_no_shape")
+        }));
+    }
+
+    #[test]
+    fn colour_contrast_asks_the_colour_and_two_others() {
+        let answers = strings(&["yes", "no", "red", "blue", "green", "gray", "circle"]);
+        let mut a = q("a.png", "what color is the shape?", "blue");
+        a.image_id = 1;
+        let qs = [a, q("b.png", "what shape is in the image?", "circle")];
+        let got: Vec<(String, String, usize)> = easy_vqa_colour_contrast(&qs, &answers)
+            .into_iter()
+            .map(|e| {
+                assert_eq!((e.image.as_path(), e.image_id), (Path::new("a.png"), 1));
+                (e.question, e.answer, e.label)
+            })
+            .collect();
+        // Others of blue: red, green, gray; image id 1 picks green, then (1 + 1) % 3: gray.
+        assert_eq!(
+            got,
+            vec![
+                ("is there a blue shape?".into(), "yes".into(), 0),
+                ("is there a green shape?".into(), "no".into(), 1),
+                ("is there a gray shape?".into(), "no".into(), 1),
+            ]
+        );
+        assert!(got.iter().all(|(text, _, _)| {
+            crate::data::easy_vqa::family_of_text(text) == Some("yes_no_colour")
         }));
     }
 
