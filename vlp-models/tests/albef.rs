@@ -291,6 +291,49 @@ fn checkpoint_at_32px_loads_into_a_48px_model_with_interpolated_pos_embed() {
 }
 
 #[test]
+fn checkpoint_loads_into_a_model_with_half_the_patch_size() {
+    // retrieval_1: 32 px, patch 16 (a 2×2 grid); the model: patch 8 (4×4), the kernel PI-resized
+    // and the position embedding interpolated, momentum copies alike.
+    let small = config("retrieval_1");
+    let patch = small.vit().patch_size;
+    let mut src = AlbefRetrieval::new(&small, Device::Cpu).unwrap();
+    load(&mut src, checkpoint("retrieval_1"));
+    let sd: StateDict = state_dict_of(src.var_store())
+        .into_iter()
+        .map(|(k, v)| (k, v.copy()))
+        .collect();
+    let mut fine = small.clone();
+    fine.vision.as_mut().unwrap().patch_size = patch / 2;
+    let mut dst = AlbefRetrieval::new(&fine, Device::Cpu).unwrap();
+    load(&mut dst, sd);
+    let grid = fine.vit().grid();
+    for vit in ["visual_encoder", "visual_encoder_m"] {
+        let key = format!("{vit}.patch_embed.proj.weight");
+        let before = &src.var_store().variables()[&key];
+        let after = &dst.var_store().variables()[&key];
+        assert_eq!(after.size()[2..], [patch / 2, patch / 2], "{key}");
+        // Halving: each new weight is the sum of its 2×2 block of the old kernel.
+        let sums = before.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>) * 4.0;
+        assert!(after.allclose(&sums, 1e-5, 1e-5, false), "{key}");
+        let key = format!("{vit}.pos_embed");
+        let before = &src.var_store().variables()[&key];
+        let after = &dst.var_store().variables()[&key];
+        assert_eq!(after.size()[1], 1 + grid * grid, "{key}");
+        assert!(after.allclose(
+            &interpolate_pos_embed(before, 1, (grid, grid)),
+            1e-6,
+            1e-6,
+            false
+        ));
+    }
+    let (emb, _) = tch::no_grad(|| {
+        dst.image_features(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)))
+    })
+    .unwrap();
+    assert_eq!(emb.size()[1], 1 + grid * grid);
+}
+
+#[test]
 fn strict_load_names_the_missing_key() {
     let mut m = AlbefPretrain::new(&config("pretrain_1"), Device::Cpu).unwrap();
     let mut sd = m.adapt_state_dict(checkpoint("pretrain_1")).unwrap();

@@ -89,13 +89,16 @@ fn quickstart_runs_end_to_end_above_chance() {
     tch::set_num_threads(1);
     let tmp = std::env::temp_dir().join(format!("vlp-quickstart-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    // A head learning-rate multiplier other than 1, so that its parameter patterns meet the
-    // real models (the optimizer rejects a pattern that matches no parameter), and easy-VQA's
-    // contrastive shape questions, so that their training set is built from the real data.
+    // Head and pre-trained-ViT learning-rate multipliers other than 1, so that their parameter
+    // patterns meet the real models (the optimizer rejects a pattern that matches no
+    // parameter), and easy-VQA's contrastive shape and colour questions, so that their training
+    // set is built from the real data.
     let plan = Plan::test(0)
         .with_overrides(&[
             "head_lr_mult=3".into(),
             "easy_vqa_shape_contrast=true".into(),
+            "easy_vqa_colour_contrast=true".into(),
+            "pretrained_vit_lr_mult=2".into(),
         ])
         .unwrap();
     let out = tmp.join("run");
@@ -115,10 +118,13 @@ fn quickstart_runs_end_to_end_above_chance() {
         )
         .unwrap();
         let mult = &cfg["optimizer"]["lr_mult"];
+        let vit = run.ends_with("-pretrained").then_some(2.0);
+        assert_eq!(mult["visual_encoder"].as_f64(), vit, "{run}: {mult:?}");
         match head {
             Some(h) => assert_eq!(mult[h].as_f64(), Some(3.0), "{run}: {mult:?}"),
-            None => assert!(
-                mult.as_mapping().is_none_or(|m| m.is_empty()),
+            None => assert_eq!(
+                mult.as_mapping().map_or(0, |m| m.len()),
+                usize::from(vit.is_some()),
                 "{run}: {mult:?}"
             ),
         }

@@ -178,6 +178,37 @@ pub fn interpolate_pos_embed(pos_embed: &Tensor, extra: i64, new_grid: (i64, i64
     Tensor::cat(&[head, resized], 1)
 }
 
+/// FlexiViT's PI-resize (Beyer et al., "FlexiViT: One Model for All Patch Sizes", CVPR 2023,
+/// eq. 3) of a patch-embedding kernel `[D, C, p, p]` to `[D, C, q, q]`: the least-squares kernel
+/// `ŵ = pinv(Bᵀ) w` with `⟨x, w⟩ = ⟨B x, ŵ⟩` for every `p×p` patch `x`, `B` the bilinear resize
+/// (`align_corners=False`, no antialiasing) from `p×p` to `q×q`. From 8 to 4 that is the sum of
+/// each 2×2 block: a token of a 4×4 patch reads it as the 8×8 checkpoint read a patch of the image
+/// at twice the size (the position embedding is interpolated to the finer grid beside it). The
+/// bias is unaffected. Returns the kernel unchanged when the sizes agree.
+pub fn resize_patch_kernel(w: &Tensor, new: i64) -> Tensor {
+    let size = w.size();
+    let old = size[size.len() - 1];
+    if old == new || size.len() != 4 || size[2] != old {
+        return w.shallow_clone();
+    }
+    let opts = (Kind::Double, tch::Device::Cpu);
+    // Row j of `bt` is the j-th basis patch resized: Bᵀ, [p², q²].
+    let bt = Tensor::eye(old * old, opts)
+        .view([old * old, 1, old, old])
+        .upsample_bilinear2d([new, new], false, None, None)
+        .view([old * old, new * new]);
+    // ŵ (per output channel, as a row) = w · pinv(Bᵀ)ᵀ.
+    let pinv = bt.linalg_pinv(1e-10, false);
+    let flat = w
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Double)
+        .view([-1, old * old]);
+    flat.matmul(&pinv.tr())
+        .view([size[0], size[1], new, new])
+        .to_kind(w.kind())
+        .to_device(w.device())
+}
+
 /// Conv patch embedding `patch_embed.proj` (kernel = stride = patch size), flattened to
 /// `[B, N, D]`.
 #[derive(Debug)]
@@ -400,6 +431,32 @@ mod tests {
             1e-5,
             false
         ));
+    }
+
+    #[test]
+    fn pi_resize_halves_a_kernel_into_its_block_sums_and_keeps_the_patch_response() {
+        let opts = (Kind::Float, Device::Cpu);
+        let w = Tensor::randn([5, 3, 8, 8], opts);
+        assert!(resize_patch_kernel(&w, 8).equal(&w));
+        let r = resize_patch_kernel(&w, 4);
+        assert_eq!(r.size(), vec![5, 3, 4, 4]);
+        // 8 → 4: the sum of each 2×2 block.
+        let sums = w.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>) * 4.0;
+        assert!(r.allclose(&sums, 1e-4, 1e-5, false), "{r} vs {sums}");
+        // A patch that is constant on 2×2 blocks gives the same response through the old kernel
+        // and, downsampled, through the new one: ⟨x, w⟩ = ⟨B x, ŵ⟩.
+        let small = Tensor::randn([2, 3, 4, 4], opts);
+        let x = small.upsample_nearest2d([8, 8], None, None);
+        let old = x.conv2d(&w, None::<Tensor>, [8, 8], [0, 0], [1, 1], 1);
+        let new = small.conv2d(&r, None::<Tensor>, [4, 4], [0, 0], [1, 1], 1);
+        assert!(old.allclose(&new, 1e-4, 1e-4, false));
+        // Upsizing (4 → 8) keeps the response of every 4×4 patch to its bilinear upsampling.
+        let up = resize_patch_kernel(&r, 8);
+        let xs = Tensor::randn([2, 3, 4, 4], opts);
+        let xb = xs.upsample_bilinear2d([8, 8], false, None, None);
+        let a = xs.conv2d(&r, None::<Tensor>, [4, 4], [0, 0], [1, 1], 1);
+        let b = xb.conv2d(&up, None::<Tensor>, [8, 8], [0, 0], [1, 1], 1);
+        assert!(a.allclose(&b, 1e-3, 1e-3, false), "{a} vs {b}");
     }
 
     #[test]

@@ -590,6 +590,30 @@ pub(crate) fn interpolate_pos_embeds(
     Ok(n)
 }
 
+/// The ViT patch-embedding kernels of a model and its momentum copy.
+pub(crate) const PATCH_EMBED_KEYS: &[&str] = &[
+    "visual_encoder.patch_embed.proj.weight",
+    "visual_encoder_m.patch_embed.proj.weight",
+];
+
+/// A checkpoint's ViT patch-embedding kernels resized to the model's `patch` size with
+/// FlexiViT's PI-resize ([`vlp_core::layers::vit::resize_patch_kernel`]), so that a checkpoint
+/// loads into a model of another `vision.patch_size` (its position embeddings interpolated to
+/// the new grid by [`interpolate_pos_embeds`]). Returns how many kernels were resized.
+pub(crate) fn resize_patch_embeds(sd: &mut StateDict, patch: i64) -> usize {
+    let mut n = 0;
+    for k in PATCH_EMBED_KEYS {
+        let Some(w) = sd.get(k) else { continue };
+        let size = w.size();
+        if size.len() == 4 && size[2] == size[3] && size[3] != patch {
+            let new = tch::no_grad(|| vlp_core::layers::vit::resize_patch_kernel(w, patch));
+            sd.insert(*k, new);
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Whether a state dict has the pretraining layout (`text_encoder.bert.*`).
 pub(crate) fn has_pretrain_layout(sd: &StateDict) -> bool {
     sd.keys()

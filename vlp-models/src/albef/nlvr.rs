@@ -20,8 +20,8 @@
 use super::ve::{ClassifierMomentum, ClassifierOutput};
 use super::{
     check_image, check_text, classifier_train_loss, cls_token, complete_tied, drop_prefixes,
-    has_pretrain_layout, init_momentum, input_on, interpolate_pos_embeds, scalar_input, AlbefBert,
-    AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
+    has_pretrain_layout, init_momentum, input_on, interpolate_pos_embeds, resize_patch_embeds,
+    scalar_input, AlbefBert, AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
@@ -373,6 +373,7 @@ impl VlpModel for AlbefNlvr {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         if has_pretrain_layout(&sd) {
             replicate_pretrain_layers(&mut sd, NlvrLayout::of(&self.cfg)?.first)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

@@ -25,7 +25,7 @@ use super::nlvr::{
 };
 use super::{
     check_image, check_text, cls_token, complete_tied, drop_prefixes, has_pretrain_layout,
-    input_on, interpolate_pos_embeds, normalize, AlbefBert, AlbefConfig,
+    input_on, interpolate_pos_embeds, normalize, resize_patch_embeds, AlbefBert, AlbefConfig,
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
@@ -263,6 +263,7 @@ impl VlpModel for AlbefNlvrPretrain {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         let layout = NlvrLayout::of(&self.cfg)?;
         if has_pretrain_layout(&sd) {
             drop_prefixes(&mut sd, NOT_IN_TA);

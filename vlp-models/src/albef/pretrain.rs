@@ -14,7 +14,8 @@
 //! buffers `image_queue` `[E, Q]`, `text_queue`, `queue_ptr` `[1]`.
 use super::{
     check_image, check_text, complete_tied, init_momentum, input_on, interpolate_pos_embeds,
-    mlm_tied_pairs, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
+    mlm_tied_pairs, resize_patch_embeds, scalar_input, AlbefConfig, AlbefMaskedLm, MomentumPairs,
+    SpecialTokens,
 };
 use crate::common::{
     itm_hard_negatives, momentum_features, named, project_cls, register_queues,
@@ -462,6 +463,7 @@ impl VlpModel for AlbefPretrain {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         let mut pairs = mlm_tied_pairs("text_encoder.").to_vec();
         pairs.extend(mlm_tied_pairs("text_encoder_m."));
         complete_tied(&mut sd, &pairs)?;

@@ -17,8 +17,8 @@
 use super::pretrain::PRETRAIN_PAIRS;
 use super::{
     check_image, check_text, cls_token, drop_prefixes, has_pretrain_layout, init_momentum,
-    interpolate_pos_embeds, rename_pretrain_text, scalar_input, AlbefBert, AlbefConfig,
-    MomentumPairs,
+    interpolate_pos_embeds, rename_pretrain_text, resize_patch_embeds, scalar_input, AlbefBert,
+    AlbefConfig, MomentumPairs,
 };
 use crate::common::{
     itm_hard_negatives, k_test, momentum_features, named, project_cls, register_queues,
@@ -314,6 +314,7 @@ impl VlpModel for AlbefRetrieval {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         if has_pretrain_layout(&sd) {
             rename_pretrain_text(&mut sd);
             drop_prefixes(&mut sd, &["text_encoder.cls.", "text_encoder_m.cls."]);

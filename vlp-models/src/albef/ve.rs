@@ -8,8 +8,8 @@
 //! with `distill` `visual_encoder_m.*`, `text_encoder_m.*`, `cls_head_m.*`.
 use super::{
     check_image, check_text, classifier_train_loss, cls_token, drop_prefixes, has_pretrain_layout,
-    init_momentum, input_on, interpolate_pos_embeds, rename_pretrain_text, scalar_input, AlbefBert,
-    AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
+    init_momentum, input_on, interpolate_pos_embeds, rename_pretrain_text, resize_patch_embeds,
+    scalar_input, AlbefBert, AlbefConfig, ClsHead, MomentumPairs, PRETRAIN_ONLY_PREFIXES,
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
@@ -197,6 +197,7 @@ impl VlpModel for AlbefVe {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         if has_pretrain_layout(&sd) {
             rename_pretrain_text(&mut sd);
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

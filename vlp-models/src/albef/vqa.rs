@@ -23,9 +23,9 @@
 //! with `distill` the `*_m` copies (momentum 0.995, hard-coded).
 use super::{
     check_image, check_text, complete_tied, drop_prefixes, has_pretrain_layout, init_momentum,
-    input_on, interpolate_pos_embeds, mlm_tied_pairs, momentum_update, scalar_input, AlbefBert,
-    AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens, FINETUNE_MOMENTUM,
-    PRETRAIN_ONLY_PREFIXES,
+    input_on, interpolate_pos_embeds, mlm_tied_pairs, momentum_update, resize_patch_embeds,
+    scalar_input, AlbefBert, AlbefConfig, AlbefMaskedLm, MomentumPairs, SpecialTokens,
+    FINETUNE_MOMENTUM, PRETRAIN_ONLY_PREFIXES,
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
@@ -421,6 +421,7 @@ impl VlpModel for AlbefVqa {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         if has_pretrain_layout(&sd) {
             pretrain_to_vqa(&mut sd, self.cfg.fusion_layer() as i64)?;
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

@@ -21,7 +21,8 @@
 //! `LoadMode::Partial`).
 use super::{
     check_image, check_text, cls_token, drop_prefixes, has_pretrain_layout, input_on,
-    interpolate_pos_embeds, rename_pretrain_text, AlbefBert, AlbefConfig, PRETRAIN_ONLY_PREFIXES,
+    interpolate_pos_embeds, rename_pretrain_text, resize_patch_embeds, AlbefBert, AlbefConfig,
+    PRETRAIN_ONLY_PREFIXES,
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
@@ -259,6 +260,7 @@ impl VlpModel for AlbefVqaClassifier {
     fn adapt_state_dict(&self, mut sd: StateDict) -> Result<StateDict> {
         let grid = self.cfg.vit().grid();
         interpolate_pos_embeds(&mut sd, POS_EMBED_KEYS, grid)?;
+        resize_patch_embeds(&mut sd, self.cfg.vit().patch_size);
         if has_pretrain_layout(&sd) {
             rename_pretrain_text(&mut sd);
             drop_prefixes(&mut sd, PRETRAIN_ONLY_PREFIXES);

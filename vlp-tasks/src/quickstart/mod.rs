@@ -174,7 +174,8 @@ pub struct Plan {
     pub easy_vqa_rotate: bool,
     /// Also train easy-VQA on contrastive yes/no shape questions: for each training image whose
     /// shape its own training questions state, "does the image contain a {shape}?" for every
-    /// shape of the answer list ("yes" for its shape, "no" for the others) — counterfactual
+    /// shape of the answer list ("yes" for its shape, "no" for the others), each also negated
+    /// ("does the image not contain a {shape}?", so as many "yes" as "no") — counterfactual
     /// question augmentation (as in Chen et al. 2020, CSS), from training annotations only.
     /// The same image with different shape words and answers makes the model compare the word
     /// with the image, which plain yes/no shape questions (two in three "no") do not force.
@@ -182,7 +183,7 @@ pub struct Plan {
     pub easy_vqa_shape_contrast: bool,
     /// Also train easy-VQA on contrastive yes/no colour questions: for each training image whose
     /// colour its training questions state, "is there a {colour} shape?" for its colour and two
-    /// others (one "yes" in three, as the shape contrast). easy-VQA's own colour yes/no
+    /// others, each also negated (as many "yes" as "no"). easy-VQA's own colour yes/no
     /// questions are seven in eight "no" (or "yes" when negated), so that a model answering
     /// from the text alone already scores 88% on them.
     #[serde(default)]
@@ -230,12 +231,25 @@ pub struct Plan {
     /// `lr_mult: {vqa_head: m}`.
     #[serde(default = "one")]
     pub head_lr_mult: f64,
+    /// Learning-rate multiplier of the ViT (`visual_encoder`) in the fine-tuning runs that start
+    /// from the pre-trained weights (on top of `pretrained_lr_scale`): lets the image side adapt
+    /// to a new domain (easy-VQA's light backgrounds) faster than the text side, which keeps
+    /// what pre-training grounded.
+    #[serde(default = "one")]
+    pub pretrained_vit_lr_mult: f64,
     /// Fields of the ALBEF model config merged over the preset and the quickstart's own
     /// settings in every model the run builds (pre-training and fine-tuning alike), e.g.
     /// `--set +model.bert.fusion_layer=1` (three of the four text layers cross-attend) or
     /// `--set +model.vision.depth=6`; an unknown field or a wrong type is an error naming it.
     #[serde(default)]
     pub model: serde_json::Map<String, serde_json::Value>,
+    /// Fields of the ALBEF model config merged over `model` in the easy-VQA runs only (both
+    /// arms), e.g. `--set +easy_vqa_model.vision.patch_size=4`: easy-VQA's one large shape per
+    /// image at a finer patch grid than the Shapes tasks. The pre-trained arm loads the
+    /// pre-training checkpoint with its patch embedding PI-resized and its position embedding
+    /// interpolated to the new grid (docs/models/albef.md).
+    #[serde(default)]
+    pub easy_vqa_model: serde_json::Map<String, serde_json::Value>,
     /// Run the zero-shot grounding probe ([`probe`]) on the pre-trained weights before
     /// fine-tuning (when easy-VQA is found): can ITM / ITC pick "a red circle" over "a red
     /// triangle", and over "a blue circle"? A few seconds; `summary.json`'s `pretrain.probe`.
@@ -313,7 +327,9 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
+            pretrained_vit_lr_mult: 1.0,
             model: Default::default(),
+            easy_vqa_model: Default::default(),
             probe: true,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
@@ -416,7 +432,9 @@ impl Plan {
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
             head_lr_mult: 1.0,
+            pretrained_vit_lr_mult: 1.0,
             model: Default::default(),
+            easy_vqa_model: Default::default(),
             probe: true,
             vit_init: VitInit::Official,
             text_init_std: official_init_std(),
@@ -463,18 +481,26 @@ impl Plan {
                 return Err(bad(format!("{k}: {v} must be a positive std")));
             }
         }
-        if !self.model.is_empty() {
+        if !self.model.is_empty() || !self.easy_vqa_model.is_empty() {
             let mut v = serde_json::to_value(crate::pipeline::albef::albef_preset(self.preset))
                 .map_err(|e| VlpError::Msg(format!("albef preset: {e}")))?;
             crate::pipeline::config::merge_json(&mut v, self.model_overrides());
             vlp_models::albef::AlbefConfig::from_json(&v)
                 .map_err(|e| bad(format!("model: {e}")))?;
+            crate::pipeline::config::merge_json(
+                &mut v,
+                serde_json::Value::Object(self.easy_vqa_model.clone()),
+            );
+            vlp_models::albef::AlbefConfig::from_json(&v)
+                .map_err(|e| bad(format!("easy_vqa_model: {e}")))?;
         }
-        if !(self.head_lr_mult.is_finite() && self.head_lr_mult > 0.0) {
-            return Err(bad(format!(
-                "head_lr_mult: {} must be a positive factor",
-                self.head_lr_mult
-            )));
+        for (key, v) in [
+            ("head_lr_mult", self.head_lr_mult),
+            ("pretrained_vit_lr_mult", self.pretrained_vit_lr_mult),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(bad(format!("{key}: {v} must be a positive factor")));
+            }
         }
         Ok(())
     }
@@ -1113,12 +1139,17 @@ mod tests {
         assert_eq!(base.head_lr_mult, 1.0);
         let p = base.with_overrides(&["head_lr_mult=10".into()]).unwrap();
         assert_eq!(p.head_lr_mult, 10.0);
+        let p = base
+            .with_overrides(&["pretrained_vit_lr_mult=4".into()])
+            .unwrap();
+        assert_eq!(p.pretrained_vit_lr_mult, 4.0);
         for bad in [
             "text_init_std=0",
             "text_init_std=-0.1",
             "vit_init_std=0",
             "head_lr_mult=0",
             "head_lr_mult=-1",
+            "pretrained_vit_lr_mult=0",
         ] {
             let e = base.with_overrides(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(bad.split('=').next().unwrap()), "{e}");

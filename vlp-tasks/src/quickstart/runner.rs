@@ -179,14 +179,26 @@ fn yaml_map(pairs: &[(&str, serde_yaml::Value)]) -> serde_yaml::Value {
     serde_yaml::Value::Mapping(m)
 }
 
-/// The quickstart's model settings with the plan's `model` fields merged over them.
-fn with_plan_model(plan: &Plan, config: serde_yaml::Value) -> Result<serde_yaml::Value> {
-    if plan.model.is_empty() {
+/// The quickstart's model settings with the plan's `model` fields merged over them, and for
+/// easy-VQA runs (`easy_vqa`) its `easy_vqa_model` fields over those.
+fn with_plan_model(
+    plan: &Plan,
+    config: serde_yaml::Value,
+    easy_vqa: bool,
+) -> Result<serde_yaml::Value> {
+    let extra = easy_vqa && !plan.easy_vqa_model.is_empty();
+    if plan.model.is_empty() && !extra {
         return Ok(config);
     }
     let err = |e: String| VlpError::Msg(format!("quickstart plan `model`: {e}"));
     let mut v = serde_json::to_value(&config).map_err(|e| err(e.to_string()))?;
     crate::pipeline::config::merge_json(&mut v, plan.model_overrides());
+    if extra {
+        crate::pipeline::config::merge_json(
+            &mut v,
+            serde_json::Value::Object(plan.easy_vqa_model.clone()),
+        );
+    }
     serde_yaml::to_value(&v).map_err(|e| err(e.to_string()))
 }
 
@@ -330,6 +342,11 @@ impl<'a> Ctx<'a> {
                 t.optimizer.lr_mult = BTreeMap::from([(head.to_string(), plan.head_lr_mult)]);
             }
         }
+        if kind.is_some() && init.is_some() && plan.pretrained_vit_lr_mult != 1.0 {
+            t.optimizer
+                .lr_mult
+                .insert("visual_encoder".to_string(), plan.pretrained_vit_lr_mult);
+        }
         t.schedule = ScheduleConfig {
             warmup: (stage.steps / 20).max(1),
             min_lr: stage.lr * 0.02,
@@ -384,6 +401,7 @@ impl<'a> Ctx<'a> {
                             ]),
                         ),
                     ]),
+                    task == Task::EasyVqa,
                 )?),
                 init: init.map(Path::to_path_buf),
                 init_mode: InitMode::Partial,
@@ -808,7 +826,9 @@ pub fn easy_vqa_attributes(
 /// Contrastive yes/no shape questions for easy-VQA training images
 /// ([`Plan::easy_vqa_shape_contrast`](super::Plan::easy_vqa_shape_contrast)): for each image
 /// whose shape its questions state ([`easy_vqa_attributes`]), "does the image contain a
-/// {shape}?" for every shape answer, "yes" for its own shape and "no" for the others.
+/// {shape}?" for every shape answer, "yes" for its own shape and "no" for the others, each
+/// with its negation ("does the image not contain a {shape}?", the answer flipped): as many
+/// "yes" as "no", so the text alone tells nothing.
 pub fn easy_vqa_shape_contrast(
     questions: &[crate::data::easy_vqa::EasyVqaQuestion],
     answers: &[String],
@@ -832,13 +852,18 @@ pub fn easy_vqa_shape_contrast(
         };
         for s in &shapes {
             let present = **s == shape;
-            out.push(crate::data::easy_vqa::EasyVqaQuestion {
-                question: format!("does the image contain a {s}?"),
-                answer: if present { "yes" } else { "no" }.to_string(),
-                label: if present { yes } else { no },
-                image_id,
-                image: image.clone(),
-            });
+            for (question, answer) in [
+                (format!("does the image contain a {s}?"), present),
+                (format!("does the image not contain a {s}?"), !present),
+            ] {
+                out.push(crate::data::easy_vqa::EasyVqaQuestion {
+                    question,
+                    answer: if answer { "yes" } else { "no" }.to_string(),
+                    label: if answer { yes } else { no },
+                    image_id,
+                    image: image.clone(),
+                });
+            }
         }
     }
     out
@@ -848,8 +873,8 @@ pub fn easy_vqa_shape_contrast(
 /// ([`Plan::easy_vqa_colour_contrast`](super::Plan::easy_vqa_colour_contrast)): for each image
 /// whose colour its questions state ([`easy_vqa_attributes`]), "is there a {colour} shape?" for
 /// its colour ("yes") and for two other colours of the answer list ("no"), picked by the image
-/// id so that every colour is asked about — the colour counterpart of
-/// [`easy_vqa_shape_contrast`], one "yes" in three as there.
+/// id so that every colour is asked about, each with its negation ("is there not a {colour}
+/// shape?", the answer flipped) — the colour counterpart of [`easy_vqa_shape_contrast`].
 pub fn easy_vqa_colour_contrast(
     questions: &[crate::data::easy_vqa::EasyVqaQuestion],
     answers: &[String],
@@ -882,13 +907,18 @@ pub fn easy_vqa_colour_contrast(
             }
         }
         for (c, present) in asked {
-            out.push(crate::data::easy_vqa::EasyVqaQuestion {
-                question: format!("is there a {c} shape?"),
-                answer: if present { "yes" } else { "no" }.to_string(),
-                label: if present { yes } else { no },
-                image_id,
-                image: image.clone(),
-            });
+            for (question, answer) in [
+                (format!("is there a {c} shape?"), present),
+                (format!("is there not a {c} shape?"), !present),
+            ] {
+                out.push(crate::data::easy_vqa::EasyVqaQuestion {
+                    question,
+                    answer: if answer { "yes" } else { "no" }.to_string(),
+                    label: if answer { yes } else { no },
+                    image_id,
+                    image: image.clone(),
+                });
+            }
         }
     }
     out
@@ -1430,13 +1460,34 @@ mod tests {
             got,
             vec![
                 ("does the image contain a circle?".into(), "no".into(), 1),
+                (
+                    "does the image not contain a circle?".into(),
+                    "yes".into(),
+                    0
+                ),
                 ("does the image contain a rectangle?".into(), "no".into(), 1),
+                (
+                    "does the image not contain a rectangle?".into(),
+                    "yes".into(),
+                    0
+                ),
                 ("does the image contain a triangle?".into(), "yes".into(), 0),
+                (
+                    "does the image not contain a triangle?".into(),
+                    "no".into(),
+                    1
+                ),
             ]
         );
-        // The questions are of the yes/no shape family that the evaluation reports.
+        // The questions are of the yes/no shape families that the evaluation reports.
         assert!(extra.iter().all(|e| {
-            crate::data::easy_vqa::family_of_text(&e.question) == Some("yes_no_shape")
+            let negated = e.question.contains(" not ");
+            crate::data::easy_vqa::family_of_text(&e.question)
+                == Some(if negated {
+                    "yes_no_shape_not"
+                } else {
+                    "yes_no_shape"
+                })
         }));
     }
 
@@ -1458,12 +1509,21 @@ mod tests {
             got,
             vec![
                 ("is there a blue shape?".into(), "yes".into(), 0),
+                ("is there not a blue shape?".into(), "no".into(), 1),
                 ("is there a green shape?".into(), "no".into(), 1),
+                ("is there not a green shape?".into(), "yes".into(), 0),
                 ("is there a gray shape?".into(), "no".into(), 1),
+                ("is there not a gray shape?".into(), "yes".into(), 0),
             ]
         );
         assert!(got.iter().all(|(text, _, _)| {
-            crate::data::easy_vqa::family_of_text(text) == Some("yes_no_colour")
+            let negated = text.contains(" not ");
+            crate::data::easy_vqa::family_of_text(text)
+                == Some(if negated {
+                    "yes_no_colour_not"
+                } else {
+                    "yes_no_colour"
+                })
         }));
     }
 
