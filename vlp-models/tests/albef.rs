@@ -258,15 +258,21 @@ fn injected_masked_ids_equal_injected_raw_draws() {
     assert!(b.loss_mlm.allclose(want, 1e-4, 1e-4, false));
 }
 
-#[test]
-fn checkpoint_at_32px_loads_into_a_48px_model_with_interpolated_pos_embed() {
-    let small = config("retrieval_1");
-    let mut src = AlbefRetrieval::new(&small, Device::Cpu).unwrap();
+/// `retrieval_1`'s checkpoint loaded into a retrieval model of `cfg`, and a copy of its weights.
+fn retrieval_1_loaded(cfg: &AlbefConfig) -> (AlbefRetrieval, StateDict) {
+    let mut src = AlbefRetrieval::new(cfg, Device::Cpu).unwrap();
     load(&mut src, checkpoint("retrieval_1"));
     let sd: StateDict = state_dict_of(src.var_store())
         .into_iter()
         .map(|(k, v)| (k, v.copy()))
         .collect();
+    (src, sd)
+}
+
+#[test]
+fn checkpoint_at_32px_loads_into_a_48px_model_with_interpolated_pos_embed() {
+    let small = config("retrieval_1");
+    let (src, sd) = retrieval_1_loaded(&small);
     let mut big = small.clone();
     big.image_res = 48;
     big.vision.as_mut().unwrap().img_size = 48;
@@ -296,12 +302,7 @@ fn checkpoint_loads_into_a_model_with_half_the_patch_size() {
     // and the position embedding interpolated, momentum copies alike.
     let small = config("retrieval_1");
     let patch = small.vit().patch_size;
-    let mut src = AlbefRetrieval::new(&small, Device::Cpu).unwrap();
-    load(&mut src, checkpoint("retrieval_1"));
-    let sd: StateDict = state_dict_of(src.var_store())
-        .into_iter()
-        .map(|(k, v)| (k, v.copy()))
-        .collect();
+    let (src, sd) = retrieval_1_loaded(&small);
     let mut fine = small.clone();
     fine.vision.as_mut().unwrap().patch_size = patch / 2;
     let mut dst = AlbefRetrieval::new(&fine, Device::Cpu).unwrap();

@@ -180,16 +180,7 @@ pub fn easy_vqa_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn q(image: &str, question: &str, answer: &str) -> EasyVqaQuestion {
-        EasyVqaQuestion {
-            question: question.into(),
-            answer: answer.into(),
-            label: 0,
-            image_id: 0,
-            image: PathBuf::from(image),
-        }
-    }
+    use crate::quickstart::runner::tests::q;
 
     #[test]
     fn probe_items_vary_one_word_and_mark_the_truth() {

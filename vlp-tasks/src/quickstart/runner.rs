@@ -823,6 +823,54 @@ pub fn easy_vqa_attributes(
     out
 }
 
+/// The contrastive questions of [`easy_vqa_shape_contrast`] / [`easy_vqa_colour_contrast`]:
+/// for each image whose attributes ([`easy_vqa_attributes`]) `ask` turns into `(attribute word,
+/// present)` pairs, `question(word, negated)` and its negation, answered "yes" / "no" by whether
+/// the (negated) statement holds.
+fn contrast_questions(
+    questions: &[crate::data::easy_vqa::EasyVqaQuestion],
+    answers: &[String],
+    ask: impl Fn(&(Option<String>, Option<String>), u64) -> Vec<(String, bool)>,
+    question: impl Fn(&str, bool) -> String,
+) -> Vec<crate::data::easy_vqa::EasyVqaQuestion> {
+    let label = |a: &str| answers.iter().position(|x| x == a);
+    let (Some(yes), Some(no)) = (label("yes"), label("no")) else {
+        return Vec::new();
+    };
+    let ids: BTreeMap<&Path, u64> = questions
+        .iter()
+        .map(|q| (q.image.as_path(), q.image_id))
+        .collect();
+    let mut out = Vec::new();
+    for (image, attrs) in easy_vqa_attributes(questions, answers) {
+        let Some(&image_id) = ids.get(image.as_path()) else {
+            continue;
+        };
+        for (word, present) in ask(&attrs, image_id) {
+            for negated in [false, true] {
+                let answer = present != negated;
+                out.push(crate::data::easy_vqa::EasyVqaQuestion {
+                    question: question(&word, negated),
+                    answer: if answer { "yes" } else { "no" }.to_string(),
+                    label: if answer { yes } else { no },
+                    image_id,
+                    image: image.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The answers of one type (`"shape"`, `"color"`) in the answer list's order.
+fn answers_of_type(answers: &[String], ty: &str) -> Vec<String> {
+    answers
+        .iter()
+        .filter(|a| easy_vqa_answer_type(a) == ty)
+        .cloned()
+        .collect()
+}
+
 /// Contrastive yes/no shape questions for easy-VQA training images
 /// ([`Plan::easy_vqa_shape_contrast`](super::Plan::easy_vqa_shape_contrast)): for each image
 /// whose shape its questions state ([`easy_vqa_attributes`]), "does the image contain a
@@ -833,40 +881,19 @@ pub fn easy_vqa_shape_contrast(
     questions: &[crate::data::easy_vqa::EasyVqaQuestion],
     answers: &[String],
 ) -> Vec<crate::data::easy_vqa::EasyVqaQuestion> {
-    let label = |a: &str| answers.iter().position(|x| x == a);
-    let (Some(yes), Some(no)) = (label("yes"), label("no")) else {
-        return Vec::new();
-    };
-    let shapes: Vec<&String> = answers
-        .iter()
-        .filter(|a| easy_vqa_answer_type(a) == "shape")
-        .collect();
-    let ids: BTreeMap<&Path, u64> = questions
-        .iter()
-        .map(|q| (q.image.as_path(), q.image_id))
-        .collect();
-    let mut out = Vec::new();
-    for (image, (_, shape)) in easy_vqa_attributes(questions, answers) {
-        let (Some(shape), Some(&image_id)) = (shape, ids.get(image.as_path())) else {
-            continue;
-        };
-        for s in &shapes {
-            let present = **s == shape;
-            for (question, answer) in [
-                (format!("does the image contain a {s}?"), present),
-                (format!("does the image not contain a {s}?"), !present),
-            ] {
-                out.push(crate::data::easy_vqa::EasyVqaQuestion {
-                    question,
-                    answer: if answer { "yes" } else { "no" }.to_string(),
-                    label: if answer { yes } else { no },
-                    image_id,
-                    image: image.clone(),
-                });
-            }
-        }
-    }
-    out
+    let shapes = answers_of_type(answers, "shape");
+    contrast_questions(
+        questions,
+        answers,
+        |(_, shape), _| match shape {
+            Some(shape) => shapes.iter().map(|s| (s.clone(), s == shape)).collect(),
+            None => Vec::new(),
+        },
+        |s, negated| {
+            let not = if negated { " not" } else { "" };
+            format!("does the image{not} contain a {s}?")
+        },
+    )
 }
 
 /// Contrastive yes/no colour questions for easy-VQA training images
@@ -879,49 +906,31 @@ pub fn easy_vqa_colour_contrast(
     questions: &[crate::data::easy_vqa::EasyVqaQuestion],
     answers: &[String],
 ) -> Vec<crate::data::easy_vqa::EasyVqaQuestion> {
-    let label = |a: &str| answers.iter().position(|x| x == a);
-    let (Some(yes), Some(no)) = (label("yes"), label("no")) else {
-        return Vec::new();
-    };
-    let colours: Vec<&String> = answers
-        .iter()
-        .filter(|a| easy_vqa_answer_type(a) == "color")
-        .collect();
-    let ids: BTreeMap<&Path, u64> = questions
-        .iter()
-        .map(|q| (q.image.as_path(), q.image_id))
-        .collect();
-    let mut out = Vec::new();
-    for (image, (colour, _)) in easy_vqa_attributes(questions, answers) {
-        let (Some(colour), Some(&image_id)) = (colour, ids.get(image.as_path())) else {
-            continue;
-        };
-        let others: Vec<&&String> = colours.iter().filter(|c| ***c != colour).collect();
-        let m = others.len();
-        let mut asked = vec![(colour.as_str(), true)];
-        if m > 0 {
-            let first = image_id as usize % m;
-            asked.push((others[first].as_str(), false));
-            if m > 1 {
-                asked.push((others[(first + m / 2) % m].as_str(), false));
+    let colours = answers_of_type(answers, "color");
+    contrast_questions(
+        questions,
+        answers,
+        |(colour, _), image_id| {
+            let Some(colour) = colour else {
+                return Vec::new();
+            };
+            let others: Vec<&String> = colours.iter().filter(|c| *c != colour).collect();
+            let m = others.len();
+            let mut asked = vec![(colour.clone(), true)];
+            if m > 0 {
+                let first = image_id as usize % m;
+                asked.push((others[first].clone(), false));
+                if m > 1 {
+                    asked.push((others[(first + m / 2) % m].clone(), false));
+                }
             }
-        }
-        for (c, present) in asked {
-            for (question, answer) in [
-                (format!("is there a {c} shape?"), present),
-                (format!("is there not a {c} shape?"), !present),
-            ] {
-                out.push(crate::data::easy_vqa::EasyVqaQuestion {
-                    question,
-                    answer: if answer { "yes" } else { "no" }.to_string(),
-                    label: if answer { yes } else { no },
-                    image_id,
-                    image: image.clone(),
-                });
-            }
-        }
-    }
-    out
+            asked
+        },
+        |c, negated| {
+            let not = if negated { " not" } else { "" };
+            format!("is there{not} a {c} shape?")
+        },
+    )
 }
 
 /// Captions of an easy-VQA image from its colour and shape ("a red circle", "there is a red
@@ -1346,7 +1355,7 @@ impl DeviceOf for AlbefVqa {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::easy_vqa::EasyVqaQuestion;
     use crate::metrics::vqa::{vqa_accuracy, GtAnswer};
@@ -1426,7 +1435,8 @@ mod tests {
         assert!((p - want).abs() < 1e-9, "{p} vs {want}");
     }
 
-    fn q(image: &str, question: &str, answer: &str) -> EasyVqaQuestion {
+    /// An easy-VQA question (label and image id 0).
+    pub(crate) fn q(image: &str, question: &str, answer: &str) -> EasyVqaQuestion {
         EasyVqaQuestion {
             question: question.into(),
             answer: answer.into(),
