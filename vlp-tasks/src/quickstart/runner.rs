@@ -621,7 +621,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// The zero-shot grounding probe ([`super::probe`]) of the pre-trained weights `init` on
-    /// easy-VQA's test split; `None` without easy-VQA. The model is the retrieval variant (ITC
+    /// easy-VQA's test split; `None` without easy-VQA or when `init` is not a complete
+    /// pre-training checkpoint (said on the console). The model is the retrieval variant (ITC
     /// and ITM heads as pre-training left them), nothing is trained.
     pub fn grounding_probe(&self, init: &Path) -> Result<Option<super::probe::GroundingProbe>> {
         let Some(easy) = &self.easy else {
@@ -640,11 +641,14 @@ impl<'a> Ctx<'a> {
             .chain(report.missing.iter().map(|k| &k.key))
             .next();
         if let Some(key) = bad {
-            return Err(VlpError::Msg(format!(
-                "grounding probe: {} does not hold the pre-trained model: `{key}` is missing or \
-                 mis-shaped",
+            // `--pretrained` also takes partial checkpoints (one without the ITM / ITC heads,
+            // say): the fine-tuning runs load what they have, the probe has nothing to measure.
+            println!(
+                "        grounding probe skipped: {} lacks or mis-shapes `{key}` (not a complete \
+                 pre-training checkpoint)",
                 init.display()
-            )));
+            );
+            return Ok(None);
         }
         model.set_train(false);
         let AlbefModel::Retrieval(m) = &model else {
