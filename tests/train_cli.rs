@@ -388,3 +388,49 @@ fn ablate_runs_each_mix_and_is_resumable() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.matches("done, skipped").count(), 2, "{err}");
 }
+
+#[test]
+fn word_swapped_itm_negatives_train_as_their_own_term() {
+    let d = tmp("swap");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let groups = "+model.itm_word_swap=[[circle, square, triangle], [red, green, blue]]";
+    let pt = d.join("pretrain");
+    run(
+        "pretrain",
+        "configs/tiny/albef_pretrain.yaml",
+        &[&root, groups, "+train.objectives.itm_swap=0.5"],
+        &pt,
+    );
+    let losses = train_losses(&pt);
+    assert_eq!(losses.len(), 6);
+    for (step, terms) in &losses {
+        let v: serde_json::Value = serde_json::from_str(terms.split_once(' ').unwrap().1).unwrap();
+        let swap = v["itm_swap"].as_f64().unwrap_or(f64::NAN);
+        // A 2-way cross-entropy of an untrained head: near ln 2, never 0 (the tiny Shapes
+        // captions all name a shape or a colour).
+        assert!(swap > 0.1 && swap < 3.0, "step {step}: {terms}");
+    }
+
+    // A word that is not one token of the vocabulary, and a variant without ITM pairs.
+    let err = run_fail(
+        "pretrain",
+        "configs/tiny/albef_pretrain.yaml",
+        &[&root, "+model.itm_word_swap=[[circle, zzzqx]]"],
+        &d.join("bad"),
+    );
+    assert!(
+        err.contains("model.itm_word_swap[0]") && err.contains("zzzqx"),
+        "{err}"
+    );
+    let err = run_fail(
+        "finetune",
+        "configs/tiny/albef_vqa.yaml",
+        &[&root, groups],
+        &d.join("bad-vqa"),
+    );
+    assert!(
+        err.contains("model.itm_word_swap") && err.contains("vqa"),
+        "{err}"
+    );
+}

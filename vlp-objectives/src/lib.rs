@@ -12,6 +12,7 @@
 //!   rows without any valid negative) and the 3B-row ITM cross-entropy.
 //! - [`mlm`]: ALBEF-style masker (`ALBEF.mask()`) and MLM loss with soft-label distillation.
 //! - [`lm`]: shifted language-modelling loss with label smoothing (BLIP decoder).
+//! - [`word_swap`]: ITM on word-swapped captions (NegCLIP-style counterfactual negatives).
 //! - [`momentum`]: momentum (EMA) update and copy over `VarStore` prefixes, feature/idx queues.
 //!
 //! Losses are returned *unweighted* by `loss`; `weighted_loss` multiplies by `weight`. All shape
@@ -25,6 +26,7 @@ pub mod lm;
 pub mod mlm;
 pub mod momentum;
 mod util;
+pub mod word_swap;
 
 pub use itc::{
     alpha_ramp, clip_loss, diagonal_targets, itc_with_queue, multi_positive_targets, try_clip_loss,
@@ -34,3 +36,4 @@ pub use itm::{same_id_positives, HardNegativeSampler, Itm, NegativeDraws};
 pub use lm::{lm_loss, try_lm_loss};
 pub use mlm::{Mlm, MlmDraws, MlmMasker};
 pub use momentum::{copy_params, enqueue, enqueue_idx, enqueue_shared, momentum_update};
+pub use word_swap::{word_swap_itm_loss, SwappedText, WordSwap};

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use tch::Device;
 use vlp_tasks::quickstart::report::{Summary, TASK_KEYS};
+use vlp_tasks::quickstart::runner::TaskKind;
 use vlp_tasks::quickstart::{run_plan, Plan};
 
 fn check_schema(dir: &Path, s: &Summary) {
@@ -99,6 +100,7 @@ fn quickstart_runs_end_to_end_above_chance() {
             "easy_vqa_shape_contrast=true".into(),
             "easy_vqa_colour_contrast=true".into(),
             "pretrained_vit_lr_mult=2".into(),
+            "pretrain_word_swap=[shape, colour]".into(),
         ])
         .unwrap();
     let out = tmp.join("run");
@@ -152,6 +154,11 @@ fn quickstart_runs_end_to_end_above_chance() {
         last["mlm"] < first["mlm"] && last["mlm"] < (vocab as f64).ln(),
         "{first:?} -> {last:?}"
     );
+    // The word-swapped ITM negatives trained as their own term.
+    for terms in [first, last] {
+        let swap = terms.get("itm_swap").copied().unwrap_or(f64::NAN);
+        assert!(swap > 0.0 && swap < 5.0, "{terms:?}");
+    }
     // The grounding probe ran on the pre-trained weights: both probes over every easy-VQA test
     // image whose colour and shape are known, accuracies in range, chance from the answer list.
     let g = s.pretrain.probe.as_ref().expect("the grounding probe ran");
@@ -190,6 +197,23 @@ fn quickstart_runs_end_to_end_above_chance() {
     }
     let ctx = ctx_of(&plan, &tmp, "ctx");
     let exp = ctx.experiment(None, &plan.pretrain, "p", None).unwrap();
+    // The word classes of the plan, as words of the run's vocabulary, in the pre-training only.
+    let groups = &exp.model.itm_word_swap;
+    assert!(
+        groups
+            .iter()
+            .any(|g| g.contains(&"circle".to_string()) && g.contains(&"triangle".to_string()))
+            && groups.iter().any(|g| g.contains(&"circles".to_string()))
+            && groups
+                .iter()
+                .any(|g| g.contains(&"red".to_string()) && g.len() >= 2),
+        "{groups:?}"
+    );
+    assert_eq!(exp.train.objectives.get("itm_swap"), Some(&1.0));
+    let vqa = ctx
+        .experiment(Some(TaskKind::Vqa), &plan.vqa, "v", None)
+        .unwrap();
+    assert!(vqa.model.itm_word_swap.is_empty());
     let files = exp.split_files("train");
     assert!(
         files.iter().any(|f| f.ends_with("pretrain.json"))

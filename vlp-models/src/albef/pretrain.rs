@@ -271,6 +271,38 @@ impl AlbefPretrain {
         }
     }
 
+    /// `[B, 2]` ITM logits of captions `input_ids` (`[B, L]`, padding `mask`) against the
+    /// images whose ViT output is `image_embeds` (`[B, 1+N, D]`, e.g.
+    /// [`PretrainOutput::image_embeds`]): the text-only layers, the fusion layers and
+    /// `itm_head` on the `[CLS]` state, as for ALBEF's ITM pairs. For extra negatives such as
+    /// word-swapped captions ([`vlp_objectives::word_swap`]).
+    pub fn itm_logits(
+        &self,
+        input_ids: &Tensor,
+        mask: &Tensor,
+        image_embeds: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        check_text(input_ids, mask, "input_ids")?;
+        if image_embeds.size().first() != input_ids.size().first() {
+            return Err(VlpError::input(
+                "image_embeds",
+                format!(
+                    "batch of {:?} differs from the captions' {:?}",
+                    image_embeds.size(),
+                    input_ids.size()
+                ),
+            ));
+        }
+        let text = self.text_encoder.bert.text(input_ids, mask, train);
+        let cross = [CrossInput {
+            states: image_embeds,
+            mask: None,
+        }];
+        let h = self.text_encoder.bert.fusion(&text, mask, &cross, train);
+        Ok(h.select(1, 0).apply(&self.itm_head))
+    }
+
     /// One pretraining step's forward (`model(image, text, alpha)`), updating the momentum
     /// encoders, `temp` (clamp) and the queues in place. Run it under `tch::no_grad` for
     /// evaluation; the online parts carry gradients otherwise.

@@ -22,6 +22,7 @@ use vlp_models::albef::{
     AlbefVqaClassifier,
 };
 use vlp_models::VlpModel;
+use vlp_objectives::{word_swap_itm_loss, WordSwap};
 
 use super::config::{ExperimentConfig, InitMode, Preset, Task};
 use crate::data::easy_vqa::{
@@ -578,6 +579,49 @@ pub fn tokenizer(exp: &ExperimentConfig) -> Result<Tokenizer> {
     }
 }
 
+/// The word classes of `model.itm_word_swap` as token ids of the experiment's tokenizer
+/// (`None` when empty); errors name the field and the word that is not a single token, or a
+/// variant other than `pretrain`.
+pub fn word_swap(exp: &ExperimentConfig) -> Result<Option<WordSwap>> {
+    let groups = &exp.model.itm_word_swap;
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    if exp.model.variant != "pretrain" {
+        return Err(cfg_err(
+            &exp.source,
+            format!(
+                "field `model.itm_word_swap`: only the `pretrain` variant has ITM pairs to swap words in (variant `{}`)",
+                exp.model.variant
+            ),
+        ));
+    }
+    let tok = tokenizer(exp)?;
+    let ids = groups
+        .iter()
+        .enumerate()
+        .map(|(g, words)| {
+            words
+                .iter()
+                .map(|w| {
+                    tok.token_to_id(w).ok_or_else(|| {
+                        cfg_err(
+                            &exp.source,
+                            format!(
+                                "field `model.itm_word_swap[{g}]`: `{w}` is not a single token of the vocabulary {}",
+                                tok.path().display()
+                            ),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<i64>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    WordSwap::new(ids)
+        .map(Some)
+        .map_err(|e| cfg_err(&exp.source, format!("field `model.itm_word_swap`: {e}")))
+}
+
 /// The image transform of an experiment (training augmentation or the evaluation resize).
 pub fn transform(exp: &ExperimentConfig, cfg: &AlbefConfig, train: bool) -> Result<ImageTransform> {
     let size = cfg.image_res as u32;
@@ -794,6 +838,9 @@ pub struct AlbefTrainable {
     pub model: AlbefModel,
     /// `alpha` of the config.
     pub alpha: f64,
+    /// Word-swapped ITM negatives in pre-training (`model.itm_word_swap`; objective
+    /// `itm_swap`).
+    pub word_swap: Option<WordSwap>,
 }
 
 /// `[Q, n]` soft targets of `(label, score)` lists; a label outside `0..n` is an error.
@@ -854,6 +901,12 @@ impl Trainable for AlbefTrainable {
                     alpha,
                     PretrainDraws::default(),
                 )?;
+                if let (Some(ws), true) = (&self.word_swap, want(ctx, "itm_swap")) {
+                    let swapped = ws.swap(&ids)?;
+                    let logits =
+                        m.itm_logits(&swapped.input_ids, &mask, &out.image_embeds, true)?;
+                    lt.push("itm_swap", word_swap_itm_loss(&logits, &swapped.valid)?);
+                }
                 for (name, loss) in [
                     ("itc", out.loss_ita),
                     ("itm", out.loss_itm),

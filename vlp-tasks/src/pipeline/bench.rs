@@ -191,6 +191,7 @@ fn bench_albef(
     let mut trainable = AlbefTrainable {
         model,
         alpha: cfg.alpha,
+        word_swap: crate::pipeline::albef::word_swap(exp)?,
     };
     trainer.fit(&mut trainable, &mut data, None)
 }

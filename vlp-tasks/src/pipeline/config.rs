@@ -74,6 +74,12 @@ pub struct ModelSection {
     /// The `vqa_cls` head's training loss: `bce` (default, ViLT/VLMo) or `softmax_ce`.
     #[serde(default)]
     pub vqa_loss: vlp_models::albef::vqa_cls::VqaLoss,
+    /// ALBEF pre-training only: classes of interchangeable words (each a single token of the
+    /// vocabulary, e.g. `[[circle, square, triangle], [red, green, blue]]`). When set, every
+    /// caption also makes an ITM negative with one of its class words swapped for another of
+    /// the class (objective `itm_swap`, [`vlp_objectives::word_swap`]). Empty (default): off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub itm_word_swap: Vec<Vec<String>>,
 }
 
 /// The task a data section feeds.

@@ -391,6 +391,7 @@ fn train_albef(
     let mut trainable = AlbefTrainable {
         model,
         alpha: cfg.alpha,
+        word_swap: crate::pipeline::albef::word_swap(exp)?,
     };
     if has_eval_split(exp) {
         let data = eval_data(exp)?;

@@ -143,6 +143,13 @@ pub struct Plan {
     /// pretrain_objectives.itm=0`) keeps that loss out of the gradient (an objective ablation).
     #[serde(default = "albef_objectives")]
     pub pretrain_objectives: BTreeMap<String, f64>,
+    /// Word classes of the Shapes vocabulary (`shape`, `colour`, `size`) whose words are swapped
+    /// in each pre-training caption to make an extra ITM negative ("a red circle" → "a red
+    /// triangle": objective `itm_swap`, weight `pretrain_objectives.itm_swap`, default 1;
+    /// [`vlp_objectives::word_swap`]). Empty (default): off. Plural shape words ("circles")
+    /// are a class of their own.
+    #[serde(default)]
+    pub pretrain_word_swap: Vec<String>,
     /// Shapes retrieval fine-tuning.
     pub retrieval: Stage,
     /// Shapes VQA fine-tuning.
@@ -269,6 +276,9 @@ pub struct Plan {
     pub seed: u64,
 }
 
+/// The word classes [`Plan::pretrain_word_swap`] accepts.
+pub const WORD_SWAP_CLASSES: [&str; 3] = ["shape", "colour", "size"];
+
 /// BERT's `initializer_range` in the official configs.
 fn official_init_std() -> f64 {
     vlp_core::layers::INIT_STD
@@ -292,6 +302,7 @@ impl Plan {
             },
             pretrain: s(600, 1e-3),
             pretrain_objectives: albef_objectives(),
+            pretrain_word_swap: Vec::new(),
             retrieval: s(100, 5e-4),
             // VQA batches count images, each with up to QUESTIONS_PER_IMAGE questions.
             vqa: Stage {
@@ -417,6 +428,7 @@ impl Plan {
             },
             pretrain: s(120, 1e-3),
             pretrain_objectives: albef_objectives(),
+            pretrain_word_swap: Vec::new(),
             retrieval: s(20, 5e-4),
             vqa: s(20, 1e-3),
             nlvr2: s(6, 1e-3),
@@ -459,9 +471,9 @@ impl Plan {
             msg: format!("quickstart plan: {msg}"),
         };
         for (k, w) in &self.pretrain_objectives {
-            if !["itc", "itm", "mlm"].contains(&k.as_str()) {
+            if !["itc", "itm", "mlm", "itm_swap"].contains(&k.as_str()) {
                 return Err(bad(format!(
-                    "pretrain_objectives.{k}: unknown objective (ALBEF pre-training has itc, itm, mlm)"
+                    "pretrain_objectives.{k}: unknown objective (ALBEF pre-training has itc, itm, mlm, and itm_swap with pretrain_word_swap)"
                 )));
             }
             if !(w.is_finite() && *w >= 0.0) {
@@ -469,6 +481,24 @@ impl Plan {
                     "pretrain_objectives.{k}: weight {w} must be >= 0"
                 )));
             }
+        }
+        for c in &self.pretrain_word_swap {
+            if !WORD_SWAP_CLASSES.contains(&c.as_str()) {
+                return Err(bad(format!(
+                    "pretrain_word_swap: unknown word class `{c}` (expected one of {WORD_SWAP_CLASSES:?})"
+                )));
+            }
+        }
+        if self.pretrain_word_swap.is_empty()
+            && self
+                .pretrain_objectives
+                .get("itm_swap")
+                .is_some_and(|w| *w > 0.0)
+        {
+            return Err(bad(
+                "pretrain_objectives.itm_swap: needs pretrain_word_swap (the word classes to swap)"
+                    .into(),
+            ));
         }
         if !self.pretrain_objectives.values().any(|w| *w > 0.0) {
             return Err(bad("pretrain_objectives: every weight is 0".into()));
@@ -1083,6 +1113,33 @@ mod tests {
         ];
         let e = base.with_overrides(&all_off).unwrap_err().to_string();
         assert!(e.contains("every weight is 0"), "{e}");
+    }
+
+    #[test]
+    fn word_swap_classes_are_checked() {
+        let base = Plan::default_run(0);
+        assert!(base.pretrain_word_swap.is_empty());
+        let p = base
+            .with_overrides(&[
+                "pretrain_word_swap=[shape, colour]".into(),
+                "pretrain_objectives.itm_swap=0.5".into(),
+            ])
+            .unwrap();
+        assert_eq!(p.pretrain_word_swap, ["shape", "colour"]);
+        assert_eq!(p.pretrain_objectives["itm_swap"], 0.5);
+        let e = base
+            .with_overrides(&["pretrain_word_swap=[shapes]".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("pretrain_word_swap") && e.contains("`shapes`"),
+            "{e}"
+        );
+        let e = base
+            .with_overrides(&["pretrain_objectives.itm_swap=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs pretrain_word_swap"), "{e}");
     }
 
     #[test]

@@ -263,6 +263,34 @@ impl<'a> Ctx<'a> {
         Ok(Some(lacking))
     }
 
+    /// The word classes of [`Plan::pretrain_word_swap`] as lists of words of this run's
+    /// vocabulary (words it lacks left out; classes with fewer than two words dropped).
+    pub fn word_swap_groups(&self) -> Vec<Vec<String>> {
+        use crate::shapes::scene::{Colour, Shape, Size};
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        for class in &self.plan.pretrain_word_swap {
+            match class.as_str() {
+                "shape" => {
+                    groups.push(Shape::ALL.iter().map(|s| s.name()).collect());
+                    groups.push(Shape::ALL.iter().map(|s| s.plural()).collect());
+                }
+                "colour" => groups.push(Colour::ALL.iter().map(|c| c.name()).collect()),
+                "size" => groups.push(Size::ALL.iter().map(|s| s.name()).collect()),
+                _ => {}
+            }
+        }
+        groups
+            .into_iter()
+            .map(|g| {
+                g.into_iter()
+                    .filter(|w| self.tokenizer.token_to_id(w).is_some())
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|g| g.len() >= 2)
+            .collect()
+    }
+
     fn enc(&self) -> TextEncoder {
         TextEncoder {
             tokenizer: self.tokenizer.clone(),
@@ -352,9 +380,16 @@ impl<'a> Ctx<'a> {
             min_lr: stage.lr * 0.02,
             ..ScheduleConfig::default()
         };
-        if task == Task::Pretrain {
+        let itm_word_swap = if task == Task::Pretrain {
             t.objectives = plan.pretrain_objectives.clone();
-        }
+            let groups = self.word_swap_groups();
+            if !groups.is_empty() {
+                t.objectives.entry("itm_swap".into()).or_insert(1.0);
+            }
+            groups
+        } else {
+            Vec::new()
+        };
         let max_samples = match task {
             Task::Retrieval => Some(plan.retrieval_images),
             Task::EasyVqa => plan.easy_vqa_eval,
@@ -408,6 +443,7 @@ impl<'a> Ctx<'a> {
                 // Softmax CE learns the answers in hundreds of steps; BCE over 74 answers first
                 // pushes every logit down (Shapes VQA stayed at chance after 150 BCE steps).
                 vqa_loss: VqaLoss::SoftmaxCe,
+                itm_word_swap,
             },
             data: DataSection {
                 task,
@@ -572,6 +608,7 @@ impl<'a> Ctx<'a> {
         let mut trainable = AlbefTrainable {
             model,
             alpha: cfg.alpha,
+            word_swap: crate::pipeline::albef::word_swap(exp)?,
         };
         let outcome = trainer.fit(&mut trainable, &mut source, None)?;
         Ok((trainable, outcome))
