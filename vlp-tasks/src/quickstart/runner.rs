@@ -264,15 +264,24 @@ impl<'a> Ctx<'a> {
     }
 
     /// The word classes of [`Plan::pretrain_word_swap`] as lists of words of this run's
-    /// vocabulary (words it lacks left out; classes with fewer than two words dropped).
+    /// vocabulary (words it lacks left out; classes with fewer than two words dropped). With
+    /// `pretrain_easy_vqa`, "rectangle" joins the shapes (a Shapes square swapped to it is a
+    /// false negative the loss tolerates, as NegCLIP's swaps do).
     pub fn word_swap_groups(&self) -> Vec<Vec<String>> {
         use crate::shapes::scene::{Colour, Shape, Size};
         let mut groups: Vec<Vec<&str>> = Vec::new();
         for class in &self.plan.pretrain_word_swap {
             match class.as_str() {
                 "shape" => {
-                    groups.push(Shape::ALL.iter().map(|s| s.name()).collect());
-                    groups.push(Shape::ALL.iter().map(|s| s.plural()).collect());
+                    // easy-VQA's third shape when its captions are in the pre-training.
+                    let easy = self.plan.pretrain_easy_vqa && self.easy.is_some();
+                    let (one, many) = if easy {
+                        (Some("rectangle"), Some("rectangles"))
+                    } else {
+                        (None, None)
+                    };
+                    groups.push(Shape::ALL.iter().map(|s| s.name()).chain(one).collect());
+                    groups.push(Shape::ALL.iter().map(|s| s.plural()).chain(many).collect());
                 }
                 "colour" => groups.push(Colour::ALL.iter().map(|c| c.name()).collect()),
                 "size" => groups.push(Size::ALL.iter().map(|s| s.name()).collect()),
