@@ -7,15 +7,15 @@
 //! "a red triangle") gives a negative that differs *only* in that word, so the image must be
 //! compared with that word: the caption-side hard negatives of NegCLIP (Yuksekgonul et al.
 //! 2023, "When and why vision-language models behave like bags-of-words"), here as an extra ITM
-//! term rather than extra ITC columns.
+//! term (a ranking of the two captions by ITM) rather than extra ITC columns.
 //!
 //! [`WordSwap`] holds the classes (groups of interchangeable token ids) and draws the swaps with
 //! torch's global generator (like the other samplers of this crate, so a seeded step is
-//! reproducible); [`word_swap_itm_loss`] is the cross-entropy of the swapped pairs' ITM logits
-//! against "not matched", over the rows that had a word to swap.
+//! reproducible); [`word_swap_itm_loss`] ranks each image's own caption above its swapped copy
+//! by their ITM margins, over the rows that had a word to swap.
 use std::collections::HashMap;
 
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 use vlp_core::{Result, VlpError};
 
 use crate::util::{as_compute, expect_dims};
@@ -114,24 +114,34 @@ impl WordSwap {
     }
 }
 
-/// Cross-entropy of the swapped pairs' `[B, 2]` ITM logits against label 0 ("not matched"),
-/// averaged over the `valid` rows (`[B]` bool); 0 (still in the graph) when none is valid.
-pub fn word_swap_itm_loss(logits: &Tensor, valid: &Tensor) -> Result<Tensor> {
-    let size = expect_dims("itm_logits", logits, 2, "[B, 2] ITM logits")?;
-    if size[1] != 2 || valid.size() != [size[0]] {
+/// The ranking loss of a caption against its word-swapped copy on the same image:
+/// `softplus(s_swap - s_pos)` = `-log σ(s_pos - s_swap)`, with `s = logit[:, 1] - logit[:, 0]`
+/// the ITM "matched" margin of the `[B, 2]` logits `pos` (the positive pairs, the first `B`
+/// rows of ALBEF's ITM logits) and `swap` (the swapped captions with the same images), averaged
+/// over the `valid` rows (`[B]` bool); 0 (still in the graph) when none is valid.
+///
+/// A ranking rather than a "not matched" label: swapped captions look like real ones, so a
+/// cross-entropy toward "not matched" can also be lowered by predicting "not matched" for every
+/// caption (ITM's prior), which fights the positives; the ranking only asks that the image
+/// prefer its own caption, which is what the swap is meant to teach (and what a zero-shot
+/// probe asks). `ln 2` when the two are scored alike.
+pub fn word_swap_itm_loss(pos: &Tensor, swap: &Tensor, valid: &Tensor) -> Result<Tensor> {
+    let size = expect_dims("itm_logits", swap, 2, "[B, 2] ITM logits")?;
+    if size[1] != 2 || pos.size() != size || valid.size() != [size[0]] {
         return Err(VlpError::input(
             "itm_logits",
             format!(
-                "expected [B, 2] logits and a [B] valid mask, got {size:?} and {:?}",
+                "expected [B, 2] positive and swapped logits and a [B] valid mask, got {:?}, {size:?} and {:?}",
+                pos.size(),
                 valid.size()
             ),
         ));
     }
-    let logits = as_compute(logits);
-    let target = Tensor::zeros([size[0]], (Kind::Int64, logits.device()));
-    let per_row = logits.cross_entropy_loss::<Tensor>(&target, None, Reduction::None, -100, 0.0);
-    let keep = valid.to_device(logits.device()).to_kind(logits.kind());
-    Ok((per_row * &keep).sum(logits.kind()) / keep.sum(logits.kind()).clamp_min(1.0))
+    let (pos, swap) = (as_compute(pos), as_compute(swap));
+    let margin = |t: &Tensor| t.select(1, 1) - t.select(1, 0);
+    let per_row = (margin(&swap) - margin(&pos)).softplus();
+    let keep = valid.to_device(pos.device()).to_kind(pos.kind());
+    Ok((per_row * &keep).sum(pos.kind()) / keep.sum(pos.kind()).clamp_min(1.0))
 }
 
 #[cfg(test)]
@@ -198,18 +208,22 @@ mod tests {
     }
 
     #[test]
-    fn loss_is_the_mean_over_valid_rows() {
-        let logits = Tensor::from_slice(&[2.0f32, 0.0, 0.0, 0.0, 0.0, 3.0]).view([3, 2]);
+    fn loss_ranks_each_caption_above_its_swap_over_valid_rows() {
+        let pos = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 1.0, 0.5, 0.0]).view([3, 2]);
+        let swap = Tensor::from_slice(&[1.0f32, 0.0, 9.0, 9.0, 0.0, 3.0]).view([3, 2]);
         let valid = Tensor::from_slice(&[true, false, true]);
-        let l = f64::try_from(word_swap_itm_loss(&logits, &valid).unwrap()).unwrap();
-        let ce = |a: f64, b: f64| -(a.exp() / (a.exp() + b.exp())).ln();
-        assert!(
-            (l - (ce(2.0, 0.0) + ce(0.0, 3.0)) / 2.0).abs() < 1e-6,
-            "{l}"
-        );
+        let l = f64::try_from(word_swap_itm_loss(&pos, &swap, &valid).unwrap()).unwrap();
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        // Margins: row 0 pos 2, swap -1; row 2 pos -0.5, swap 3.
+        let want = (sp(-1.0 - 2.0) + sp(3.0 + 0.5)) / 2.0;
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+        // Alike scores: ln 2, whatever the prior.
+        let l = f64::try_from(word_swap_itm_loss(&pos, &pos, &valid).unwrap()).unwrap();
+        assert!((l - 2f64.ln()).abs() < 1e-6, "{l}");
         let none = Tensor::from_slice(&[false, false, false]);
-        let l = f64::try_from(word_swap_itm_loss(&logits, &none).unwrap()).unwrap();
+        let l = f64::try_from(word_swap_itm_loss(&pos, &swap, &none).unwrap()).unwrap();
         assert_eq!(l, 0.0);
-        assert!(word_swap_itm_loss(&logits, &Tensor::from_slice(&[true])).is_err());
+        assert!(word_swap_itm_loss(&pos, &swap, &Tensor::from_slice(&[true])).is_err());
+        assert!(word_swap_itm_loss(&pos.narrow(0, 0, 2), &swap, &valid).is_err());
     }
 }

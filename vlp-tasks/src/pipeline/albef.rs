@@ -905,7 +905,12 @@ impl Trainable for AlbefTrainable {
                     let swapped = ws.swap(&ids)?;
                     let logits =
                         m.itm_logits(&swapped.input_ids, &mask, &out.image_embeds, true)?;
-                    lt.push("itm_swap", word_swap_itm_loss(&logits, &swapped.valid)?);
+                    let b = logits.size()[0];
+                    let pos = out.itm_logits.narrow(0, 0, b);
+                    lt.push(
+                        "itm_swap",
+                        word_swap_itm_loss(&pos, &logits, &swapped.valid)?,
+                    );
                 }
                 for (name, loss) in [
                     ("itc", out.loss_ita),
