@@ -101,6 +101,7 @@ fn quickstart_runs_end_to_end_above_chance() {
             "easy_vqa_colour_contrast=true".into(),
             "pretrained_vit_lr_mult=2".into(),
             "pretrain_word_swap=[shape, colour]".into(),
+            "easy_vqa_questions_per_image=2".into(),
         ])
         .unwrap();
     let out = tmp.join("run");
@@ -153,6 +154,23 @@ fn quickstart_runs_end_to_end_above_chance() {
     assert!(
         last["mlm"] < first["mlm"] && last["mlm"] < (vocab as f64).ln(),
         "{first:?} -> {last:?}"
+    );
+    // easy-VQA drew at most 2 questions per image and step (its images have ~20 with both
+    // contrasts).
+    let stage = plan.easy_vqa.as_ref().unwrap();
+    let rec = std::fs::read_to_string(out.join("easy_vqa-pretrained/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "train")
+        .last()
+        .unwrap();
+    let samples = rec["samples"].as_u64().unwrap() as usize;
+    let steps = rec["step"].as_u64().unwrap() as usize;
+    assert!(
+        samples <= steps * stage.batch_size * 2 && samples > steps * stage.batch_size,
+        "{samples} questions in {steps} steps of {} images",
+        stage.batch_size
     );
     // The word-swapped ITM negatives trained as their own term.
     for terms in [first, last] {

@@ -195,6 +195,11 @@ pub struct Plan {
     /// from the text alone already scores 88% on them.
     #[serde(default)]
     pub easy_vqa_colour_contrast: bool,
+    /// Questions drawn per easy-VQA training image and step (the stage's `batch_size` counts
+    /// images; default [`runner::QUESTIONS_PER_IMAGE`]). easy-VQA has 9.6 questions per
+    /// image, ~22 with both contrast generators: at 8 the added questions crowd out the others.
+    #[serde(default = "questions_per_image")]
+    pub easy_vqa_questions_per_image: usize,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -276,6 +281,10 @@ pub struct Plan {
     pub seed: u64,
 }
 
+fn questions_per_image() -> usize {
+    runner::QUESTIONS_PER_IMAGE
+}
+
 /// The word classes [`Plan::pretrain_word_swap`] accepts.
 pub const WORD_SWAP_CLASSES: [&str; 3] = ["shape", "colour", "size"];
 
@@ -334,6 +343,7 @@ impl Plan {
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
             easy_vqa_colour_contrast: false,
+            easy_vqa_questions_per_image: questions_per_image(),
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -396,6 +406,7 @@ impl Plan {
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
             easy_vqa_colour_contrast: false,
+            easy_vqa_questions_per_image: questions_per_image(),
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -440,6 +451,7 @@ impl Plan {
             easy_vqa_rotate: false,
             easy_vqa_shape_contrast: false,
             easy_vqa_colour_contrast: false,
+            easy_vqa_questions_per_image: questions_per_image(),
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -481,6 +493,11 @@ impl Plan {
                     "pretrain_objectives.{k}: weight {w} must be >= 0"
                 )));
             }
+        }
+        if self.easy_vqa_questions_per_image == 0 {
+            return Err(bad(
+                "easy_vqa_questions_per_image: expected at least 1".into()
+            ));
         }
         for c in &self.pretrain_word_swap {
             if !WORD_SWAP_CLASSES.contains(&c.as_str()) {
@@ -1113,6 +1130,24 @@ mod tests {
         ];
         let e = base.with_overrides(&all_off).unwrap_err().to_string();
         assert!(e.contains("every weight is 0"), "{e}");
+    }
+
+    #[test]
+    fn easy_vqa_questions_per_image_is_a_checked_plan_field() {
+        let base = Plan::default_run(0);
+        assert_eq!(
+            base.easy_vqa_questions_per_image,
+            runner::QUESTIONS_PER_IMAGE
+        );
+        let p = base
+            .with_overrides(&["easy_vqa_questions_per_image=16".into()])
+            .unwrap();
+        assert_eq!(p.easy_vqa_questions_per_image, 16);
+        let e = base
+            .with_overrides(&["easy_vqa_questions_per_image=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("easy_vqa_questions_per_image"), "{e}");
     }
 
     #[test]

@@ -469,8 +469,11 @@ impl<'a> Ctx<'a> {
                 tokenizer: Some(self.vocab.clone()),
                 num_workers: plan.workers,
                 skip_bad_samples: false,
-                questions_per_image: matches!(task, Task::Vqa | Task::EasyVqa)
-                    .then_some(QUESTIONS_PER_IMAGE),
+                questions_per_image: match task {
+                    Task::Vqa => Some(QUESTIONS_PER_IMAGE),
+                    Task::EasyVqa => Some(plan.easy_vqa_questions_per_image),
+                    _ => None,
+                },
             },
             train: t,
             eval: EvalSection {
