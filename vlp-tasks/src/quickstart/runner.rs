@@ -654,6 +654,7 @@ impl<'a> Ctx<'a> {
     pub fn text_assignment(&self, stage: &Stage, init: &Path) -> Result<PathBuf> {
         let mut exp = self.experiment(None, stage, NLVR2_TA_RUN, Some(init))?;
         exp.model.variant = "pretrain_nlvr".into();
+        exp.model.itm_word_swap.clear();
         exp.train.objectives.clear();
         exp.validate()?;
         let (_, outcome) = self.train(&exp, NLVR2_TA_RUN)?;
