@@ -162,8 +162,7 @@ fn quickstart_runs_end_to_end_above_chance() {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "train")
-        .last()
+        .rfind(|v| v["type"] == "train")
         .unwrap();
     let samples = rec["samples"].as_u64().unwrap() as usize;
     let steps = rec["step"].as_u64().unwrap() as usize;
