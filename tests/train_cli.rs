@@ -412,7 +412,18 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
         assert!((swap - 2f64.ln()).abs() < 0.2, "step {step}: {terms}");
     }
 
-    // A word that is not one token of the vocabulary, and a variant without ITM pairs.
+    // Classes without an objective weight, a word that is not one token of the vocabulary, and
+    // a variant without ITM pairs.
+    let err = run_fail(
+        "pretrain",
+        "configs/tiny/albef_pretrain.yaml",
+        &[&root, groups],
+        &d.join("no-weight"),
+    );
+    assert!(
+        err.contains("model.itm_word_swap") && err.contains("itm_swap"),
+        "{err}"
+    );
     let err = run_fail(
         "pretrain",
         "configs/tiny/albef_pretrain.yaml",

@@ -580,8 +580,8 @@ pub fn tokenizer(exp: &ExperimentConfig) -> Result<Tokenizer> {
 }
 
 /// The word classes of `model.itm_word_swap` as token ids of the experiment's tokenizer
-/// (`None` when empty); errors name the field and the word that is not a single token, or a
-/// variant other than `pretrain`.
+/// (`None` when empty); errors name the field and the word that is not a single token, a
+/// variant other than `pretrain`, or objective weights without `itm_swap`.
 pub fn word_swap(exp: &ExperimentConfig) -> Result<Option<WordSwap>> {
     let groups = &exp.model.itm_word_swap;
     if groups.is_empty() {
@@ -594,6 +594,12 @@ pub fn word_swap(exp: &ExperimentConfig) -> Result<Option<WordSwap>> {
                 "field `model.itm_word_swap`: only the `pretrain` variant has ITM pairs to swap words in (variant `{}`)",
                 exp.model.variant
             ),
+        ));
+    }
+    if !exp.train.objectives.is_empty() && !exp.train.objectives.contains_key("itm_swap") {
+        return Err(cfg_err(
+            &exp.source,
+            "field `model.itm_word_swap`: set, but `train.objectives` lists no `itm_swap` weight (the swapped negatives would not train)",
         ));
     }
     let tok = tokenizer(exp)?;
