@@ -1152,14 +1152,15 @@ mod tests {
     #[test]
     fn easy_vqa_questions_per_image_is_a_checked_plan_field() {
         let base = Plan::default_run(0);
+        assert_eq!(base.easy_vqa_questions_per_image, 16);
         assert_eq!(
-            base.easy_vqa_questions_per_image,
+            Plan::test(0).easy_vqa_questions_per_image,
             runner::QUESTIONS_PER_IMAGE
         );
         let p = base
-            .with_overrides(&["easy_vqa_questions_per_image=16".into()])
+            .with_overrides(&["easy_vqa_questions_per_image=4".into()])
             .unwrap();
-        assert_eq!(p.easy_vqa_questions_per_image, 16);
+        assert_eq!(p.easy_vqa_questions_per_image, 4);
         let e = base
             .with_overrides(&["easy_vqa_questions_per_image=0".into()])
             .unwrap_err()
@@ -1174,7 +1175,7 @@ mod tests {
         let p = base
             .with_overrides(&[
                 "pretrain_word_swap=[shape, colour]".into(),
-                "pretrain_objectives.itm_swap=0.5".into(),
+                "+pretrain_objectives.itm_swap=0.5".into(),
             ])
             .unwrap();
         assert_eq!(p.pretrain_word_swap, ["shape", "colour"]);
@@ -1188,7 +1189,7 @@ mod tests {
             "{e}"
         );
         let e = base
-            .with_overrides(&["pretrain_objectives.itm_swap=1".into()])
+            .with_overrides(&["+pretrain_objectives.itm_swap=1".into()])
             .unwrap_err()
             .to_string();
         assert!(e.contains("needs pretrain_word_swap"), "{e}");
