@@ -427,7 +427,11 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
     let err = run_fail(
         "pretrain",
         "configs/tiny/albef_pretrain.yaml",
-        &[&root, "+model.itm_word_swap=[[circle, zzzqx]]"],
+        &[
+            &root,
+            "+model.itm_word_swap=[[circle, zzzqx]]",
+            "+train.objectives.itm_swap=1",
+        ],
         &d.join("bad"),
     );
     assert!(
