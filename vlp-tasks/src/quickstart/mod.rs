@@ -185,7 +185,8 @@ pub struct Plan {
     /// ("does the image not contain a {shape}?", so as many "yes" as "no") — counterfactual
     /// question augmentation (as in Chen et al. 2020, CSS), from training annotations only.
     /// The same image with different shape words and answers makes the model compare the word
-    /// with the image, which plain yes/no shape questions (two in three "no") do not force.
+    /// with the image, which plain yes/no shape questions (two in three "no") do not force. On
+    /// in the default run.
     #[serde(default)]
     pub easy_vqa_shape_contrast: bool,
     /// Also train easy-VQA on contrastive yes/no colour questions: for each training image whose
@@ -259,7 +260,8 @@ pub struct Plan {
     /// arms), e.g. `--set +easy_vqa_model.vision.patch_size=4`: easy-VQA's one large shape per
     /// image at a finer patch grid than the Shapes tasks. The pre-trained arm loads the
     /// pre-training checkpoint with its patch embedding PI-resized and its position embedding
-    /// interpolated to the new grid (docs/models/albef.md).
+    /// interpolated to the new grid (docs/models/albef.md). The default run sets
+    /// [`easy_vqa_model_default`].
     #[serde(default)]
     pub easy_vqa_model: serde_json::Map<String, serde_json::Value>,
     /// Run the zero-shot grounding probe ([`probe`]) on the pre-trained weights before
