@@ -413,39 +413,36 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
     }
 
     // Classes without an objective weight, a word that is not one token of the vocabulary, and
-    // a variant without ITM pairs.
-    let err = run_fail(
-        "pretrain",
-        "configs/tiny/albef_pretrain.yaml",
-        &[&root, groups],
-        &d.join("no-weight"),
-    );
-    assert!(
-        err.contains("model.itm_word_swap") && err.contains("itm_swap"),
-        "{err}"
-    );
-    let err = run_fail(
-        "pretrain",
-        "configs/tiny/albef_pretrain.yaml",
-        &[
-            &root,
-            "+model.itm_word_swap=[[circle, zzzqx]]",
-            "+train.objectives.itm_swap=1",
-        ],
-        &d.join("bad"),
-    );
-    assert!(
-        err.contains("model.itm_word_swap[0]") && err.contains("zzzqx"),
-        "{err}"
-    );
-    let err = run_fail(
-        "finetune",
-        "configs/tiny/albef_vqa.yaml",
-        &[&root, groups],
-        &d.join("bad-vqa"),
-    );
-    assert!(
-        err.contains("model.itm_word_swap") && err.contains("vqa"),
-        "{err}"
-    );
+    // a variant without ITM pairs: errors naming the field and what is wrong.
+    let unknown = [
+        root.as_str(),
+        "+model.itm_word_swap=[[circle, zzzqx]]",
+        "+train.objectives.itm_swap=1",
+    ];
+    let cases: [(&str, &str, &[&str], [&str; 2]); 3] = [
+        (
+            "pretrain",
+            "configs/tiny/albef_pretrain.yaml",
+            &[&root, groups],
+            ["model.itm_word_swap", "no `itm_swap` weight"],
+        ),
+        (
+            "pretrain",
+            "configs/tiny/albef_pretrain.yaml",
+            &unknown,
+            ["model.itm_word_swap[0]", "zzzqx"],
+        ),
+        (
+            "finetune",
+            "configs/tiny/albef_vqa.yaml",
+            &[&root, groups],
+            ["model.itm_word_swap", "variant `vqa"],
+        ),
+    ];
+    for (i, (cmd, config, sets, needles)) in cases.into_iter().enumerate() {
+        let err = run_fail(cmd, config, sets, &d.join(format!("bad-{i}")));
+        for n in needles {
+            assert!(err.contains(n), "case {i}: {n:?} not in {err}");
+        }
+    }
 }
