@@ -102,6 +102,8 @@ fn quickstart_runs_end_to_end_above_chance() {
             "pretrained_vit_lr_mult=2".into(),
             "pretrain_word_swap=[shape, colour]".into(),
             "easy_vqa_questions_per_image=2".into(),
+            "shapes.nlvr2_train_per_pair=2".into(),
+            "nlvr2_sentences_per_pair=2".into(),
         ])
         .unwrap();
     let out = tmp.join("run");
@@ -171,6 +173,25 @@ fn quickstart_runs_end_to_end_above_chance() {
         "{samples} questions in {steps} steps of {} images",
         stage.batch_size
     );
+    // NLVR2 trained on pairs with both of their (true / false) statements: two sentences per
+    // pair and step, in both arms.
+    for run in ["nlvr2-scratch", "nlvr2-pretrained"] {
+        let rec = std::fs::read_to_string(out.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .rfind(|v| v["type"] == "train")
+            .unwrap();
+        let (samples, steps) = (
+            rec["samples"].as_u64().unwrap(),
+            rec["step"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            samples as usize,
+            steps as usize * plan.nlvr2.batch_size * 2,
+            "{run}: {samples} sentences in {steps} steps"
+        );
+    }
     // The word-swapped ITM negatives trained as their own term.
     for terms in [first, last] {
         let swap = terms.get("itm_swap").copied().unwrap_or(f64::NAN);

@@ -1532,3 +1532,76 @@ fn bad_only() -> ShapesConfig {
         ..ShapesConfig::default()
     }
 }
+
+/// `nlvr2_train_per_pair`: in the train split each pair carries that many consecutive
+/// statements, half of them true, in couples of one family, each true of its pair as labelled
+/// and mostly distinct; the
+/// first statement of (almost) each pair is the one-per-pair data's; validation is unchanged.
+#[test]
+fn nlvr2_train_statements_per_pair() {
+    let one = ShapesConfig::default();
+    let four = ShapesConfig {
+        nlvr2_train_per_pair: 4,
+        ..ShapesConfig::default()
+    };
+    four.validate().unwrap();
+    let n = 300;
+    let scenes: Vec<Scene> = train_records(&one, n)
+        .into_iter()
+        .map(|r| r.scene)
+        .collect();
+    let base = shapes::build_nlvr2(&one, Split::Train, &scenes);
+    let nl = shapes::build_nlvr2(&four, Split::Train, &scenes);
+    assert_eq!(nl.len(), 4 * n);
+    let (mut repeats, mut redrawn, mut couples) = (0, 0, 0);
+    for (p, group) in nl.chunks(4).enumerate() {
+        // A pair is drawn again only when it has no statement of some wanted truth.
+        redrawn += usize::from(group[0] != base[p]);
+        for c in group.chunks(2) {
+            couples += usize::from(c[0].statement.family() == c[1].statement.family());
+        }
+        let truths: Vec<bool> = group.iter().map(|e| e.label).collect();
+        assert_eq!(
+            truths.iter().filter(|t| **t).count(),
+            2,
+            "pair {p}: {truths:?}"
+        );
+        let distinct: BTreeSet<String> = group.iter().map(|e| e.statement.text()).collect();
+        repeats += 4 - distinct.len();
+        for e in group {
+            assert_eq!((e.left, e.right), (group[0].left, group[0].right));
+            assert_eq!(
+                e.statement.truth(&scenes[e.left], &scenes[e.right]),
+                Some(e.label),
+                "{}",
+                e.statement.text()
+            );
+        }
+    }
+    assert!(
+        repeats < n / 20,
+        "{repeats} repeated statements over {n} pairs"
+    );
+    // True/false couples of one family where the pair has them: nearly always.
+    assert!(
+        couples > 2 * n * 9 / 10,
+        "{couples} of {} couples share a family",
+        2 * n
+    );
+    assert!(
+        redrawn < n / 20,
+        "{redrawn} of {n} pairs differ from the one-statement data"
+    );
+    assert_eq!(
+        shapes::build_nlvr2(&four, Split::Val, &scenes),
+        shapes::build_nlvr2(&one, Split::Val, &scenes)
+    );
+    for bad in [0, 17] {
+        let cfg = ShapesConfig {
+            nlvr2_train_per_pair: bad,
+            ..ShapesConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("nlvr2_train_per_pair"), "{e}");
+    }
+}

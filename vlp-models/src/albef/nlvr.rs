@@ -25,7 +25,7 @@ use super::{
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
-use tch::{nn, nn::VarStore, Device, Tensor};
+use tch::{nn, nn::VarStore, Device, Kind, Tensor};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertLayer, CrossInput};
 use vlp_core::layers::vit::VisionTransformer;
@@ -238,20 +238,71 @@ impl AlbefNlvr {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn logits_of(
         vit: &VisionTransformer,
         bert: &AlbefBert,
         head: &ClsHead,
         images: &Tensor,
+        pair_index: Option<&Tensor>,
         ids: &Tensor,
         mask: &Tensor,
         train: bool,
     ) -> (Tensor, Tensor) {
-        let b = ids.size()[0];
         let image_embeds = vit.forward_t(images, train);
-        let (i0, i1) = (image_embeds.narrow(0, 0, b), image_embeds.narrow(0, b, b));
+        let p = image_embeds.size()[0] / 2;
+        let (mut i0, mut i1) = (image_embeds.narrow(0, 0, p), image_embeds.narrow(0, p, p));
+        if let Some(ix) = pair_index {
+            i0 = i0.index_select(0, ix);
+            i1 = i1.index_select(0, ix);
+        }
         let h = two_image_states(bert, ids, mask, &i0, &i1, train);
         (image_embeds, head.forward(&cls_token(&h)))
+    }
+
+    /// Checks a `[image0 (P); image1 (P)]` batch against `B` sentences: `P = B` without
+    /// `pair_index`; with it, `pair_index` is `[B]` with values in `0..P` (returned as Int64 on
+    /// the images' device).
+    fn check_grouped(
+        images: &Tensor,
+        pair_index: Option<&Tensor>,
+        ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let Some(ix) = pair_index else {
+            Self::check(images, ids, mask)?;
+            return Ok(None);
+        };
+        check_image(images, "image")?;
+        check_text(ids, mask, "input_ids")?;
+        let n = images.size()[0];
+        if n % 2 != 0 {
+            return Err(VlpError::input(
+                "image",
+                format!("expected [image0 ; image1] = 2 x P images, got {n}"),
+            ));
+        }
+        let idx = ix.to_kind(Kind::Int64).to_device(images.device());
+        if idx.dim() != 1 || idx.size()[0] != ids.size()[0] {
+            return Err(VlpError::input(
+                "pair_index",
+                format!(
+                    "expected [{}] (one image pair per sentence), got {:?}",
+                    ids.size()[0],
+                    idx.size()
+                ),
+            ));
+        }
+        if idx.numel() > 0 {
+            let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
+            if lo < 0 || hi >= n / 2 {
+                return Err(VlpError::input(
+                    "pair_index",
+                    format!("values must lie in 0..{}, got {lo}..={hi}", n / 2),
+                ));
+            }
+        }
+        Ok(Some(idx))
     }
 
     fn check(images: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<()> {
@@ -278,12 +329,26 @@ impl AlbefNlvr {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<ClassifierOutput> {
-        Self::check(images, input_ids, attention_mask)?;
+        self.forward_grouped(images, None, input_ids, attention_mask)
+    }
+
+    /// [`AlbefNlvr::forward`] for `B` sentences about `P ≤ B` image pairs, each pair encoded
+    /// once: `images` = `[image0 (P) ; image1 (P)]`, sentence `b` is about pair
+    /// `pair_index[b]` (`None`: `P = B`, one pair per sentence). Image embeddings `[2P, 1+N, D]`.
+    pub fn forward_grouped(
+        &self,
+        images: &Tensor,
+        pair_index: Option<&Tensor>,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<ClassifierOutput> {
+        let idx = Self::check_grouped(images, pair_index, input_ids, attention_mask)?;
         let (image_embeds, logits) = Self::logits_of(
             &self.visual_encoder,
             &self.text_encoder,
             &self.cls_head,
             images,
+            idx.as_ref(),
             input_ids,
             attention_mask,
             self.train,
@@ -304,14 +369,30 @@ impl AlbefNlvr {
         targets: &Tensor,
         alpha: f64,
     ) -> Result<Tensor> {
-        let out = self.forward(images, input_ids, attention_mask)?;
+        self.train_loss_grouped(images, None, input_ids, attention_mask, targets, alpha)
+    }
+
+    /// [`AlbefNlvr::train_loss`] over grouped pairs (see [`AlbefNlvr::forward_grouped`]).
+    pub fn train_loss_grouped(
+        &self,
+        images: &Tensor,
+        pair_index: Option<&Tensor>,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        targets: &Tensor,
+        alpha: f64,
+    ) -> Result<Tensor> {
+        let idx = Self::check_grouped(images, pair_index, input_ids, attention_mask)?;
+        let out = self.forward_grouped(images, idx.as_ref(), input_ids, attention_mask)?;
         let momentum_logits = self.momentum.as_ref().map(|m| {
+            let idx = idx.as_ref();
             move || {
                 Self::logits_of(
                     &m.visual_encoder_m,
                     &m.text_encoder_m,
                     &m.cls_head_m,
                     images,
+                    idx,
                     input_ids,
                     attention_mask,
                     self.train,
@@ -474,5 +555,66 @@ mod tests {
             ["text_encoder.bert.encoder.layer.3.crossattention.self.query.weight"]
             .shallow_clone();
         assert!(q(4).equal(&src) && q(5).equal(&src));
+    }
+
+    #[test]
+    fn grouped_pairs_equal_one_pair_per_sentence() {
+        tch::manual_seed(0);
+        let m = AlbefNlvr::new(&small(Some(6)), Device::Cpu).unwrap();
+        let (k, opts) = (Kind::Float, (Kind::Int64, Device::Cpu));
+        // Two pairs: [a0, b0 ; a1, b1]; five sentences about pairs 1, 0, 0, 1, 1.
+        let img = Tensor::randn([4, 3, 32, 32], (k, Device::Cpu));
+        let which = Tensor::from_slice(&[1i64, 0, 0, 1, 1]);
+        let ids = Tensor::randint(50, [5, 6], opts).clamp_min(1);
+        let mask = Tensor::ones([5, 6], opts);
+        let a = m.forward_grouped(&img, Some(&which), &ids, &mask).unwrap();
+        let left = img.narrow(0, 0, 2).index_select(0, &which);
+        let right = img.narrow(0, 2, 2).index_select(0, &which);
+        let b = m
+            .forward(&Tensor::cat(&[left, right], 0), &ids, &mask)
+            .unwrap();
+        assert_eq!(a.logits.size(), [5, 2]);
+        assert_eq!(a.image_embeds.size()[0], 4);
+        assert!(a.logits.allclose(&b.logits, 1e-5, 1e-6, false));
+        let targets = Tensor::from_slice(&[1i64, 0, 1, 1, 0]);
+        let la = m
+            .train_loss_grouped(&img, Some(&which), &ids, &mask, &targets, 0.0)
+            .unwrap();
+        let lb = m
+            .train_loss(
+                &Tensor::cat(
+                    &[
+                        img.narrow(0, 0, 2).index_select(0, &which),
+                        img.narrow(0, 2, 2).index_select(0, &which),
+                    ],
+                    0,
+                ),
+                &ids,
+                &mask,
+                &targets,
+                0.0,
+            )
+            .unwrap();
+        assert!((la.double_value(&[]) - lb.double_value(&[])).abs() < 1e-5);
+        for (bad, what) in [
+            (Tensor::from_slice(&[0i64, 2, 1, 0, 1]), "0..2"),
+            (
+                Tensor::from_slice(&[0i64, 1]),
+                "one image pair per sentence",
+            ),
+        ] {
+            let e = m
+                .forward_grouped(&img, Some(&bad), &ids, &mask)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("pair_index") && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        let odd = Tensor::randn([3, 3, 32, 32], (k, Device::Cpu));
+        let e = m
+            .forward_grouped(&odd, Some(&which), &ids, &mask)
+            .unwrap_err();
+        assert!(e.to_string().contains("2 x P"), "{e}");
     }
 }

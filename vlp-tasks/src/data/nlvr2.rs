@@ -188,3 +188,149 @@ impl Dataset for Nlvr2Dataset {
         })
     }
 }
+
+/// An image pair with some of its sentences (see [`GroupedNlvr2Dataset`]).
+#[derive(Debug)]
+pub struct GroupedNlvr2Sample {
+    /// The two transformed images.
+    pub images: [Tensor; 2],
+    /// Preprocessed sentences with their labels (at least one).
+    pub sentences: Vec<(String, bool)>,
+}
+
+/// An image pair (two paths) with its labelled sentences.
+type PairGroup = ([PathBuf; 2], Vec<(String, bool)>);
+
+/// An NLVR2 data set whose items are image pairs, each with up to `per_pair` of its sentences
+/// (drawn without replacement from the sample's RNG), so that a model encodes each pair once
+/// for all of them and sees a pair's true and false sentences in the same step. Pairs are the
+/// distinct `images` of the examples, in order of first appearance.
+#[derive(Debug, Clone)]
+pub struct GroupedNlvr2Dataset {
+    pairs: Arc<Vec<PairGroup>>,
+    per_pair: usize,
+    transform: ImageTransform,
+    prep: TextPrep,
+}
+
+impl GroupedNlvr2Dataset {
+    /// Groups `examples` by image pair; each sample carries at most `per_pair` (≥ 1) sentences.
+    pub fn new(
+        examples: Vec<Nlvr2Example>,
+        per_pair: usize,
+        transform: ImageTransform,
+        prep: TextPrep,
+    ) -> Self {
+        let mut slot: std::collections::HashMap<[PathBuf; 2], usize> =
+            std::collections::HashMap::new();
+        let mut pairs: Vec<PairGroup> = Vec::new();
+        for e in examples {
+            let k = *slot.entry(e.images.clone()).or_insert_with(|| {
+                pairs.push((e.images.clone(), Vec::new()));
+                pairs.len() - 1
+            });
+            pairs[k].1.push((e.sentence, e.label));
+        }
+        GroupedNlvr2Dataset {
+            pairs: Arc::new(pairs),
+            per_pair: per_pair.max(1),
+            transform,
+            prep,
+        }
+    }
+
+    /// Number of sentences over all pairs.
+    pub fn num_sentences(&self) -> usize {
+        self.pairs.iter().map(|(_, s)| s.len()).sum()
+    }
+}
+
+impl Dataset for GroupedNlvr2Dataset {
+    type Sample = GroupedNlvr2Sample;
+    fn len(&self) -> usize {
+        self.pairs.len()
+    }
+    fn get(&self, i: usize, rng: &mut StdRng) -> Result<GroupedNlvr2Sample> {
+        use rand::seq::SliceRandom;
+        let (paths, all) = &self.pairs[i];
+        let a = self.transform.apply_path(&paths[0], rng)?;
+        let b = self.transform.apply_path(&paths[1], rng)?;
+        let picked: Vec<&(String, bool)> = if all.len() <= self.per_pair {
+            all.iter().collect()
+        } else {
+            all.choose_multiple(rng, self.per_pair).collect()
+        };
+        Ok(GroupedNlvr2Sample {
+            images: [a, b],
+            sentences: picked
+                .into_iter()
+                .map(|(s, l)| (self.prep.caption(s), *l))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use vlp_core::image::{ImageTransformConfig, Normalize};
+
+    #[test]
+    fn groups_by_pair_and_draws_at_most_per_pair_sentences() {
+        let dir = std::env::temp_dir().join(format!("vlp-nlvr2-grouped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = |name: &str| {
+            let p = dir.join(name);
+            image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]))
+                .save(&p)
+                .unwrap();
+            p
+        };
+        let (a, b, c) = (img("a.png"), img("b.png"), img("c.png"));
+        let ex = |l: &PathBuf, r: &PathBuf, s: &str, label: bool| Nlvr2Example {
+            identifier: None,
+            image_rels: [l.display().to_string(), r.display().to_string()],
+            images: [l.clone(), r.clone()],
+            sentence: s.into(),
+            label,
+        };
+        // (a, b) has four sentences, (b, a) — another pair, order matters — one, (a, c) two.
+        let examples = vec![
+            ex(&a, &b, "ab0", true),
+            ex(&b, &a, "ba0", false),
+            ex(&a, &b, "ab1", false),
+            ex(&a, &c, "ac0", true),
+            ex(&a, &b, "ab2", true),
+            ex(&a, &c, "ac1", false),
+            ex(&a, &b, "ab3", false),
+        ];
+        let tf = ImageTransform::new(ImageTransformConfig::eval(8, Normalize::Clip)).unwrap();
+        let ds = GroupedNlvr2Dataset::new(examples, 3, tf, TextPrep::Raw);
+        assert_eq!(ds.len(), 3);
+        assert_eq!(ds.num_sentences(), 7);
+        let mut rng = StdRng::seed_from_u64(0);
+        let s = ds.get(0, &mut rng).unwrap();
+        assert_eq!(s.images[0].size(), [3, 8, 8]);
+        assert_eq!(s.sentences.len(), 3);
+        let mut seen = std::collections::BTreeSet::new();
+        for (text, label) in &s.sentences {
+            assert!(text.starts_with("ab"), "{text}");
+            let j: usize = text[2..].parse().unwrap();
+            assert_eq!(*label, j % 2 == 0, "{text}");
+            assert!(seen.insert(text.clone()), "{text} drawn twice");
+        }
+        assert_eq!(
+            ds.get(1, &mut rng).unwrap().sentences,
+            vec![("ba0".to_string(), false)]
+        );
+        assert_eq!(ds.get(2, &mut rng).unwrap().sentences.len(), 2);
+        let draw = |seed| {
+            ds.get(0, &mut StdRng::seed_from_u64(seed))
+                .unwrap()
+                .sentences
+        };
+        assert_eq!(draw(7), draw(7));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

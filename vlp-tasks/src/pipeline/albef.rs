@@ -31,7 +31,9 @@ use crate::data::easy_vqa::{
 use crate::data::grouped::{easy_as_vqa, GroupedVqaDataset, GroupedVqaSample};
 use crate::data::karpathy::{self, CaptionDataset, CaptionSample, RetrievalGallery};
 use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
-use crate::data::nlvr2::{self, Nlvr2Dataset, Nlvr2Sample};
+use crate::data::nlvr2::{
+    self, GroupedNlvr2Dataset, GroupedNlvr2Sample, Nlvr2Dataset, Nlvr2Sample,
+};
 use crate::data::snli_ve::{self, VeDataset, VeSample};
 use crate::data::vqa::{self as vqa_data, AnswerVocab, VqaDataset, VqaQuestion, VqaSample};
 use crate::data::{ReadOptions, TextPrep};
@@ -326,6 +328,9 @@ pub enum AlbefBatch {
         attention_mask: Tensor,
         /// `[B]` class index.
         targets: Tensor,
+        /// NLVR2 grouped samples: `[B]` pair row of each sentence (`image` is then
+        /// `[image0 (P); image1 (P)]`, each pair encoded once); `None`: one pair per sentence.
+        image_index: Option<Tensor>,
     },
 }
 
@@ -359,6 +364,8 @@ pub enum AnySample {
     VqaGroup(GroupedVqaSample),
     /// NLVR2 example.
     Nlvr2(Nlvr2Sample),
+    /// An NLVR2 image pair with several of its sentences.
+    Nlvr2Group(GroupedNlvr2Sample),
     /// SNLI-VE example.
     Ve(VeSample),
 }
@@ -376,6 +383,8 @@ pub enum AnyDataset {
     VqaGrouped(GroupedVqaDataset),
     /// NLVR2.
     Nlvr2(Nlvr2Dataset),
+    /// NLVR2 grouped by image pair (`data.sentences_per_pair`).
+    Nlvr2Grouped(GroupedNlvr2Dataset),
     /// SNLI-VE.
     Ve(VeDataset),
 }
@@ -389,6 +398,7 @@ impl Dataset for AnyDataset {
             AnyDataset::EasyVqa(d, _) => d.len(),
             AnyDataset::VqaGrouped(d) => d.len(),
             AnyDataset::Nlvr2(d) => d.len(),
+            AnyDataset::Nlvr2Grouped(d) => d.len(),
             AnyDataset::Ve(d) => d.len(),
         }
     }
@@ -403,6 +413,7 @@ impl Dataset for AnyDataset {
             }
             AnyDataset::VqaGrouped(d) => AnySample::VqaGroup(d.get(i, rng)?),
             AnyDataset::Nlvr2(d) => AnySample::Nlvr2(d.get(i, rng)?),
+            AnyDataset::Nlvr2Grouped(d) => AnySample::Nlvr2Group(d.get(i, rng)?),
             AnyDataset::Ve(d) => AnySample::Ve(d.get(i, rng)?),
         })
     }
@@ -535,12 +546,15 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                 targets,
             })
         }
-        AnySample::Nlvr2(_) | AnySample::Ve(_) => {
+        AnySample::Nlvr2(_) | AnySample::Nlvr2Group(_) | AnySample::Ve(_) => {
             let mut left = Vec::new();
             let mut right = Vec::new();
             let mut texts = Vec::new();
             let mut targets = Vec::new();
+            let mut image_index: Vec<i64> = Vec::new();
+            let mut grouped = false;
             for s in samples {
+                let row = left.len() as i64;
                 match s {
                     AnySample::Nlvr2(s) => {
                         let [a, b] = s.images;
@@ -548,6 +562,18 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                         right.push(b);
                         texts.push(s.sentence);
                         targets.push(i64::from(s.label));
+                        image_index.push(row);
+                    }
+                    AnySample::Nlvr2Group(g) => {
+                        grouped = true;
+                        let [a, b] = g.images;
+                        left.push(a);
+                        right.push(b);
+                        for (sentence, label) in g.sentences {
+                            texts.push(sentence);
+                            targets.push(i64::from(label));
+                            image_index.push(row);
+                        }
                     }
                     AnySample::Ve(s) => {
                         left.push(s.image);
@@ -565,6 +591,7 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                 input_ids,
                 attention_mask,
                 targets: Tensor::from_slice(&targets),
+                image_index: grouped.then(|| Tensor::from_slice(&image_index)),
             })
         }
     }
@@ -693,7 +720,7 @@ pub fn train_dataset(exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDat
             for f in need_files(exp, "train")? {
                 ex.extend(nlvr2::read(&f, &read_opts(exp))?.items);
             }
-            AnyDataset::Nlvr2(Nlvr2Dataset::new(ex, tf, prep(exp)))
+            nlvr2_train_dataset(exp, ex, tf)?
         }
         Task::Ve => {
             let mut ex = Vec::new();
@@ -702,6 +729,25 @@ pub fn train_dataset(exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDat
             }
             AnyDataset::Ve(VeDataset::new(ex, tf, prep(exp)))
         }
+    })
+}
+
+/// The NLVR2 training set of read `examples`: grouped by image pair when
+/// `data.sentences_per_pair` is set (0 is an error naming the field).
+pub fn nlvr2_train_dataset(
+    exp: &ExperimentConfig,
+    examples: Vec<nlvr2::Nlvr2Example>,
+    tf: ImageTransform,
+) -> Result<AnyDataset> {
+    Ok(match exp.data.sentences_per_pair {
+        None => AnyDataset::Nlvr2(Nlvr2Dataset::new(examples, tf, prep(exp))),
+        Some(0) => {
+            return Err(cfg_err(
+                &exp.source,
+                "field `data.sentences_per_pair`: expected at least 1",
+            ))
+        }
+        Some(k) => AnyDataset::Nlvr2Grouped(GroupedNlvr2Dataset::new(examples, k, tf, prep(exp))),
     })
 }
 
@@ -1048,10 +1094,12 @@ impl Trainable for AlbefTrainable {
                     input_ids,
                     attention_mask,
                     targets,
+                    image_index,
                 },
             ) => {
-                let loss = m.train_loss(
+                let loss = m.train_loss_grouped(
                     &image.to_device(dev),
+                    image_index.as_ref(),
                     &input_ids.to_device(dev),
                     &attention_mask.to_device(dev),
                     &targets.to_device(dev),
@@ -1066,6 +1114,7 @@ impl Trainable for AlbefTrainable {
                     input_ids,
                     attention_mask,
                     targets,
+                    ..
                 },
             ) => {
                 let loss = m.train_loss(

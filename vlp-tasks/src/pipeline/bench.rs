@@ -53,11 +53,13 @@ impl BatchClone for AlbefBatch {
                 input_ids,
                 attention_mask,
                 targets,
+                image_index,
             } => AlbefBatch::Classify {
                 image: c(image),
                 input_ids: c(input_ids),
                 attention_mask: c(attention_mask),
                 targets: c(targets),
+                image_index: image_index.as_ref().map(c),
             },
         }
     }
@@ -161,6 +163,7 @@ pub fn synthetic_batch(variant: &str, b: i64, res: i64, len: i64) -> Result<Albe
                 input_ids: ids(b, len),
                 attention_mask: ones(b, len),
                 targets: Tensor::randint(classes, [b], (Kind::Int64, Device::Cpu)),
+                image_index: None,
             }
         }
         other => {

@@ -422,8 +422,12 @@ pub fn collate(text: &BlipText, samples: Vec<AnySample>) -> Result<BlipBatch> {
                 input_ids,
                 attention_mask,
                 targets: Tensor::from_slice(&targets),
+                image_index: None,
             })
         }
+        AnySample::Nlvr2Group(_) => Err(VlpError::Unsupported {
+            what: "BLIP NLVR2 with data.sentences_per_pair (grouped samples)".into(),
+        }),
         AnySample::Ve(_) => Err(VlpError::Unsupported {
             what: "SNLI-VE with BLIP (BLIP has no SNLI-VE head)".into(),
         }),
@@ -769,6 +773,7 @@ impl Trainable for BlipTrainable {
                     input_ids,
                     attention_mask,
                     targets,
+                    image_index: None,
                 },
             ) => {
                 let ids = with_first_token(&t(input_ids), m.tokens.enc);

@@ -219,6 +219,12 @@ pub struct DataSection {
     /// images). Default: one question per sample, as the official code.
     #[serde(default)]
     pub questions_per_image: Option<usize>,
+    /// NLVR2: group the training sentences by image pair, up to this many per pair in one
+    /// sample, so that each pair is encoded once and its true and false sentences train in the
+    /// same step (`train.batch_size` then counts pairs). Default: one sentence per sample, as
+    /// the official code.
+    #[serde(default)]
+    pub sentences_per_pair: Option<usize>,
 }
 
 fn val() -> String {

@@ -201,6 +201,12 @@ pub struct Plan {
     /// image, ~22 with both contrast generators: at 8 the added questions crowd out the others.
     #[serde(default = "questions_per_image")]
     pub easy_vqa_questions_per_image: usize,
+    /// NLVR2 training sentences per image pair and step (`data.sentences_per_pair`: the
+    /// stage's `batch_size` then counts pairs, each encoded once); `None` (default): one
+    /// sentence per sample, as the official code. Pairs with several sentences come from
+    /// `shapes.nlvr2_train_per_pair`.
+    #[serde(default)]
+    pub nlvr2_sentences_per_pair: Option<usize>,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -363,6 +369,7 @@ impl Plan {
             easy_vqa_shape_contrast: true,
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: 16,
+            nlvr2_sentences_per_pair: None,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -426,6 +433,7 @@ impl Plan {
             easy_vqa_shape_contrast: true,
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: 16,
+            nlvr2_sentences_per_pair: None,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -471,6 +479,7 @@ impl Plan {
             easy_vqa_shape_contrast: false,
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: questions_per_image(),
+            nlvr2_sentences_per_pair: None,
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -516,6 +525,12 @@ impl Plan {
         if self.easy_vqa_questions_per_image == 0 {
             return Err(bad(
                 "easy_vqa_questions_per_image: expected at least 1".into()
+            ));
+        }
+        if self.nlvr2_sentences_per_pair == Some(0) {
+            return Err(bad(
+                "nlvr2_sentences_per_pair: expected at least 1 (or null: one sentence per sample)"
+                    .into(),
             ));
         }
         for c in &self.pretrain_word_swap {

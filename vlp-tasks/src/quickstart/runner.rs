@@ -27,7 +27,7 @@ use vlp_models::albef::{AlbefConfig, AlbefVqa};
 use super::{Plan, Stage};
 use crate::data::karpathy::{self, CaptionDataset};
 use crate::data::loader::{stack_images, DataLoader, LoaderConfig};
-use crate::data::nlvr2::{self, Nlvr2Dataset};
+use crate::data::nlvr2;
 use crate::data::snli_ve::{self, VeDataset};
 use crate::data::vqa::VqaQuestion;
 use crate::data::{ReadOptions, TextPrep};
@@ -474,6 +474,10 @@ impl<'a> Ctx<'a> {
                     Task::EasyVqa => Some(plan.easy_vqa_questions_per_image),
                     _ => None,
                 },
+                sentences_per_pair: match task {
+                    Task::Nlvr2 => plan.nlvr2_sentences_per_pair,
+                    _ => None,
+                },
             },
             train: t,
             eval: EvalSection {
@@ -546,7 +550,7 @@ impl<'a> Ctx<'a> {
                 for f in &files {
                     ex.extend(nlvr2::read(f, &opts)?.items);
                 }
-                AnyDataset::Nlvr2(Nlvr2Dataset::new(ex, tf, prep))
+                crate::pipeline::albef::nlvr2_train_dataset(exp, ex, tf)?
             }
             Task::Ve => {
                 let mut ex = Vec::new();

@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// NLVR2 statements per image.
     #[arg(long)]
     pub nlvr2_per_image: Option<usize>,
+    /// NLVR2 statements per pair in the train split (half of them true; default 1).
+    #[arg(long)]
+    pub nlvr2_train_per_pair: Option<usize>,
     /// NLVR2 statement families, comma-separated (some of more, both, exactly_one, neither,
     /// same_count, total, relation; default all).
     #[arg(long, value_delimiter = ',')]
@@ -99,6 +102,9 @@ impl GenerateArgs {
         }
         if let Some(v) = self.nlvr2_per_image {
             cfg.nlvr2_per_image = v;
+        }
+        if let Some(v) = self.nlvr2_train_per_pair {
+            cfg.nlvr2_train_per_pair = v;
         }
         if let Some(v) = &self.nlvr2_families {
             cfg.nlvr2_families = v.clone();

@@ -83,6 +83,12 @@ pub struct ShapesConfig {
     pub answer_noise: f64,
     /// NLVR2 statements per image (each image is the left image of this many pairs).
     pub nlvr2_per_image: usize,
+    /// NLVR2 statements per pair in the **train** split (≥ 1; validation and test keep one):
+    /// each pair then carries this many statements, half of them true (for an even count), in
+    /// true/false couples of one family where the pair has them, so that a model trained on a
+    /// pair's statements together must tell them apart by the images.
+    /// With 1 the data are those of earlier versions, byte for byte.
+    pub nlvr2_train_per_pair: usize,
     /// The NLVR2 statement families drawn from (names of [`nlvr2::FAMILIES`]; default all
     /// seven). With all seven the data are those of earlier versions, byte for byte.
     pub nlvr2_families: Vec<String>,
@@ -113,6 +119,7 @@ impl Default for ShapesConfig {
             questions_per_image: 5,
             answer_noise: 0.15,
             nlvr2_per_image: 1,
+            nlvr2_train_per_pair: 1,
             nlvr2_families: nlvr2::FAMILIES.iter().map(|f| f.to_string()).collect(),
             ve_per_image: 3,
             regions: true,
@@ -169,6 +176,10 @@ impl ShapesConfig {
             "light_backgrounds: expected a probability in [0, 1]",
         )?;
         check(self.region_dim >= 1, "region_dim: expected >= 1")?;
+        check(
+            (1..=16).contains(&self.nlvr2_train_per_pair),
+            "nlvr2_train_per_pair: expected 1–16",
+        )?;
         check(
             !self.nlvr2_families.is_empty(),
             "nlvr2_families: expected at least one family",
@@ -365,7 +376,7 @@ pub fn render_image(cfg: &ShapesConfig, split: Split, index: usize, scene: &Scen
 }
 
 /// One NLVR2 example: the two image indices in the split, the statement and its truth.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Nlvr2Item {
     /// Index of the left image in the split.
     pub left: usize,
@@ -377,15 +388,24 @@ pub struct Nlvr2Item {
     pub label: bool,
 }
 
-/// The NLVR2 examples of a split, given its scenes (`nlvr2_per_image` per image; none when the
-/// split has fewer than 2 images or `nlvr2_families` names no known family). Labels are exactly balanced (a shuffled half/half list);
-/// each example's right image is another random image of the split.
+/// The NLVR2 examples of a split, given its scenes (`nlvr2_per_image` pairs per image; none
+/// when the split has fewer than 2 images or `nlvr2_families` names no known family). Labels
+/// are exactly balanced (a shuffled half/half list over the pairs); each pair's right image is
+/// another random image of the split. In the train split each pair carries
+/// `nlvr2_train_per_pair` statements, consecutive, the `j`-th of truth `label(pair) xor (j odd)`
+/// and, for odd `j`, of the family of statement `j − 1` where the pair allows (minimal pairs);
+/// distinct statements where the pair has enough.
 pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nlvr2Item> {
     let n = scenes.len();
     if n < 2 {
         return Vec::new();
     }
     let total = n * cfg.nlvr2_per_image;
+    let per_pair = if split == Split::Train {
+        cfg.nlvr2_train_per_pair.max(1)
+    } else {
+        1
+    };
     let families: Vec<&'static str> = nlvr2::FAMILIES
         .iter()
         .copied()
@@ -397,27 +417,55 @@ pub fn build_nlvr2(cfg: &ShapesConfig, split: Split, scenes: &[Scene]) -> Vec<Nl
     }
     let mut labels: Vec<bool> = (0..total).map(|k| k % 2 == 0).collect();
     Stream::new(cfg.seed, Purpose::Nlvr2, split.code(), u64::MAX).shuffle(&mut labels);
-    (0..total)
+    let pairs: Vec<Vec<Nlvr2Item>> = (0..total)
         .into_par_iter()
         .map(|k| {
             let mut rng = Stream::new(cfg.seed, Purpose::Nlvr2, split.code(), k as u64);
             let left = k % n;
-            let target = labels[k];
-            loop {
+            'pair: loop {
                 let right = (left + 1 + rng.below(n - 1)) % n;
-                if let Some(statement) =
-                    nlvr2::statement_of(&families, &scenes[left], &scenes[right], target, &mut rng)
-                {
-                    return Nlvr2Item {
+                let mut items: Vec<Nlvr2Item> = Vec::with_capacity(per_pair);
+                for j in 0..per_pair {
+                    let target = labels[k] ^ (j % 2 == 1);
+                    // An odd statement is of its predecessor's family when the pair has one of
+                    // the other truth there (a minimal pair: a per-family text prior cannot
+                    // tell the two apart), else of any family.
+                    let own: Vec<&'static str> = match j % 2 {
+                        1 => vec![items[j - 1].statement.family()],
+                        _ => Vec::new(),
+                    };
+                    let draw = |rng: &mut Stream| {
+                        let (l, r) = (&scenes[left], &scenes[right]);
+                        (!own.is_empty())
+                            .then(|| nlvr2::statement_of(&own, l, r, target, rng))
+                            .flatten()
+                            .or_else(|| nlvr2::statement_of(&families, l, r, target, rng))
+                    };
+                    let Some(mut statement) = draw(&mut rng) else {
+                        continue 'pair;
+                    };
+                    // A few more draws for a statement the pair does not have yet.
+                    for _ in 0..8 {
+                        if !items.iter().any(|i| i.statement == statement) {
+                            break;
+                        }
+                        match draw(&mut rng) {
+                            Some(s) => statement = s,
+                            None => break,
+                        }
+                    }
+                    items.push(Nlvr2Item {
                         left,
                         right,
                         statement,
                         label: target,
-                    };
+                    });
                 }
+                return items;
             }
         })
-        .collect()
+        .collect();
+    pairs.into_iter().flatten().collect()
 }
 
 /// Counts of one split.
