@@ -341,9 +341,12 @@ impl Plan {
                 lr: 5e-4,
             },
             // NLVR2 at 150 steps: 54.0 / 55.9 from the official initialisation (at its majority
-            // class with tch's default). lr 1e-4 learned more than 5e-4 over 600 steps under
-            // the old initialisation (65.0 vs 55.9 from scratch, existence statements only;
-            // docs/quickstart.md), not measured under the new one.
+            // class with tch's default). On true/false couples of statements about the same
+            // pair, four per pair in one step (`shapes.nlvr2_train_per_pair=4`,
+            // `nlvr2_sentences_per_pair=4`), 1,800 steps × 8 pairs at lr 1e-4: 69.4 pre-trained
+            // on one pre-training, 61.9 on another (whose vocabulary differs by two words) —
+            // not the default: it depends on the pre-training's draw and costs ~280 s more
+            // (docs/quickstart.md, 2026-12-08).
             nlvr2: s(150, 5e-4),
             nlvr2_ta: no_ta(),
             ve: s(150, 5e-4),
@@ -510,6 +513,9 @@ impl Plan {
             path: PathBuf::from("--set"),
             msg: format!("quickstart plan: {msg}"),
         };
+        self.shapes
+            .validate()
+            .map_err(|e| bad(format!("shapes: {e}")))?;
         for (k, w) in &self.pretrain_objectives {
             if !["itc", "itm", "mlm", "itm_swap"].contains(&k.as_str()) {
                 return Err(bad(format!(
@@ -1183,6 +1189,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("easy_vqa_questions_per_image"), "{e}");
+    }
+
+    #[test]
+    fn nlvr2_sentences_per_pair_is_a_checked_plan_field() {
+        let base = Plan::default_run(0);
+        // Off by default: one sentence per sample, one statement per training pair.
+        assert_eq!(base.shapes.nlvr2_train_per_pair, 1);
+        assert_eq!(base.nlvr2_sentences_per_pair, None);
+        assert_eq!(Plan::test(0).nlvr2_sentences_per_pair, None);
+        let p = base
+            .with_overrides(&[
+                "nlvr2_sentences_per_pair=2".into(),
+                "shapes.nlvr2_train_per_pair=2".into(),
+            ])
+            .unwrap();
+        assert_eq!(p.nlvr2_sentences_per_pair, Some(2));
+        assert_eq!(p.shapes.nlvr2_train_per_pair, 2);
+        let p = base
+            .with_overrides(&["nlvr2_sentences_per_pair=null".into()])
+            .unwrap();
+        assert_eq!(p.nlvr2_sentences_per_pair, None);
+        for (kv, field) in [
+            ("nlvr2_sentences_per_pair=0", "nlvr2_sentences_per_pair"),
+            ("shapes.nlvr2_train_per_pair=0", "nlvr2_train_per_pair"),
+        ] {
+            let e = base.with_overrides(&[kv.into()]).unwrap_err().to_string();
+            assert!(e.contains(field), "{kv}: {e}");
+        }
     }
 
     #[test]
