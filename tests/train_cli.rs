@@ -446,3 +446,49 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
         }
     }
 }
+
+#[test]
+fn nlvr2_trains_on_grouped_image_pairs() {
+    let d = tmp("nlvr2-grouped");
+    let data = d.join("shapes");
+    ok(&[
+        "shapes",
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--images",
+        "64",
+        "--val-images",
+        "16",
+        "--test-images",
+        "16",
+        "--no-regions",
+        "--nlvr2-train-per-pair",
+        "4",
+    ]);
+    let root = format!("data.root={}", data.display());
+    let out = d.join("nl");
+    run(
+        "finetune",
+        "configs/tiny/albef_nlvr2.yaml",
+        &[&root, "data.sentences_per_pair=4"],
+        &out,
+    );
+    assert!(metrics_of(&out).contains_key("acc"));
+    // Every step: 8 pairs, each with its 4 statements (the `samples` count is of sentences).
+    let last = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|v| v["type"] == "train")
+        .unwrap();
+    assert_eq!(last["step"], 3, "{last}");
+    assert_eq!(last["samples"], 3 * 8 * 4, "{last}");
+    let err = run_fail(
+        "finetune",
+        "configs/tiny/albef_nlvr2.yaml",
+        &[&root, "data.sentences_per_pair=0"],
+        &d.join("bad"),
+    );
+    assert!(err.contains("data.sentences_per_pair"), "{err}");
+}
