@@ -471,7 +471,7 @@ fn nlvr2_trains_on_grouped_image_pairs() {
     run(
         "finetune",
         "configs/tiny/albef_nlvr2.yaml",
-        &[&root, "data.sentences_per_pair=4"],
+        &[&root, "+data.sentences_per_pair=4"],
         &out,
     );
     assert!(metrics_of(&out).contains_key("acc"));
@@ -487,7 +487,7 @@ fn nlvr2_trains_on_grouped_image_pairs() {
     let err = run_fail(
         "finetune",
         "configs/tiny/albef_nlvr2.yaml",
-        &[&root, "data.sentences_per_pair=0"],
+        &[&root, "+data.sentences_per_pair=0"],
         &d.join("bad"),
     );
     assert!(err.contains("data.sentences_per_pair"), "{err}");
