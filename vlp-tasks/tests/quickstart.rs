@@ -104,6 +104,7 @@ fn quickstart_runs_end_to_end_above_chance() {
             "easy_vqa_questions_per_image=2".into(),
             "shapes.nlvr2_train_per_pair=2".into(),
             "nlvr2_sentences_per_pair=2".into(),
+            "+vqa.warmup_frac=0.15".into(),
         ])
         .unwrap();
     let out = tmp.join("run");
@@ -123,6 +124,23 @@ fn quickstart_runs_end_to_end_above_chance() {
         )
         .unwrap();
         let mult = &cfg["optimizer"]["lr_mult"];
+        // A stage's warm-up: set for VQA (`+vqa.warmup_frac=0.15`: 3 of 20 steps), 5% of the
+        // steps (at least 1) elsewhere.
+        let stage = match run.split('-').next().unwrap() {
+            "vqa" => plan.vqa,
+            "nlvr2" => plan.nlvr2,
+            "ve" => plan.ve,
+            "easy_vqa" => plan.easy_vqa.unwrap(),
+            _ => plan.retrieval,
+        };
+        let warmup = match stage.warmup_frac {
+            Some(f) => (stage.steps as f64 * f).round() as u64,
+            None => stage.steps / 20,
+        }
+        .max(1);
+        assert_eq!(plan.vqa.warmup_frac, Some(0.15));
+        assert_eq!(plan.vqa.steps, 20);
+        assert_eq!(cfg["schedule"]["warmup"].as_u64(), Some(warmup), "{run}");
         let vit = run.ends_with("-pretrained").then_some(2.0);
         assert_eq!(mult["visual_encoder"].as_f64(), vit, "{run}: {mult:?}");
         match head {

@@ -385,7 +385,11 @@ impl<'a> Ctx<'a> {
                 .insert("visual_encoder".to_string(), plan.pretrained_vit_lr_mult);
         }
         t.schedule = ScheduleConfig {
-            warmup: (stage.steps / 20).max(1),
+            warmup: match stage.warmup_frac {
+                Some(f) => (stage.steps as f64 * f).round() as u64,
+                None => stage.steps / 20,
+            }
+            .max(1),
             min_lr: stage.lr * 0.02,
             ..ScheduleConfig::default()
         };
