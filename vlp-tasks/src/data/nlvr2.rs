@@ -317,7 +317,7 @@ mod tests {
         for (text, label) in &s.sentences {
             assert!(text.starts_with("ab"), "{text}");
             let j: usize = text[2..].parse().unwrap();
-            assert_eq!(*label, j % 2 == 0, "{text}");
+            assert_eq!(*label, j.is_multiple_of(2), "{text}");
             assert!(seen.insert(text.clone()), "{text} drawn twice");
         }
         assert_eq!(
