@@ -55,8 +55,13 @@ fn tmp(name: &str) -> PathBuf {
 
 /// A tiny Shapes set: 64 train, 16 val, 16 test images.
 fn shapes(dir: &Path) -> PathBuf {
+    shapes_with(dir, &[])
+}
+
+/// [`shapes`] with more `vlp shapes generate` arguments.
+fn shapes_with(dir: &Path, extra: &[&str]) -> PathBuf {
     let out = dir.join("shapes");
-    ok(&[
+    let mut args = vec![
         "shapes",
         "generate",
         "--out",
@@ -68,7 +73,9 @@ fn shapes(dir: &Path) -> PathBuf {
         "--test-images",
         "16",
         "--no-regions",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
     out
 }
 
@@ -450,22 +457,7 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
 #[test]
 fn nlvr2_trains_on_grouped_image_pairs() {
     let d = tmp("nlvr2-grouped");
-    let data = d.join("shapes");
-    ok(&[
-        "shapes",
-        "generate",
-        "--out",
-        data.to_str().unwrap(),
-        "--images",
-        "64",
-        "--val-images",
-        "16",
-        "--test-images",
-        "16",
-        "--no-regions",
-        "--nlvr2-train-per-pair",
-        "4",
-    ]);
+    let data = shapes_with(&d, &["--nlvr2-train-per-pair", "4"]);
     let root = format!("data.root={}", data.display());
     let out = d.join("nl");
     run(

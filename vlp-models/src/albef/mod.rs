@@ -674,6 +674,35 @@ pub(crate) fn input_on(inputs: &Tensors, name: &str, device: Device) -> Result<T
 }
 
 /// Checks a `[B, L]` id/mask pair.
+/// A row index (`name`, `[rows]`, values in `0..n`, one per text row: `what`) as Int64 on
+/// `device`; errors name the input.
+pub(crate) fn check_row_index(
+    index: &Tensor,
+    rows: i64,
+    n: i64,
+    name: &str,
+    what: &str,
+    device: Device,
+) -> Result<Tensor> {
+    let idx = index.to_kind(Kind::Int64).to_device(device);
+    if idx.dim() != 1 || idx.size()[0] != rows {
+        return Err(VlpError::input(
+            name,
+            format!("expected [{rows}] ({what}), got {:?}", idx.size()),
+        ));
+    }
+    if idx.numel() > 0 {
+        let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
+        if lo < 0 || hi >= n {
+            return Err(VlpError::input(
+                name,
+                format!("values must lie in 0..{n}, got {lo}..={hi}"),
+            ));
+        }
+    }
+    Ok(idx)
+}
+
 pub(crate) fn check_text(ids: &Tensor, mask: &Tensor, name: &str) -> Result<()> {
     if ids.dim() != 2 || ids.size() != mask.size() {
         return Err(VlpError::input(

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::common::{var_store_accessors, POS_EMBED_KEYS};
 use crate::{Tensors, VlpModel};
-use tch::{nn, nn::VarStore, Device, Kind, Tensor};
+use tch::{nn, nn::VarStore, Device, Tensor};
 use vlp_core::checkpoint::StateDict;
 use vlp_core::layers::bert::{BertConfig, BertLayer, CrossInput};
 use vlp_core::layers::vit::VisionTransformer;
@@ -282,26 +282,14 @@ impl AlbefNlvr {
                 format!("expected [image0 ; image1] = 2 x P images, got {n}"),
             ));
         }
-        let idx = ix.to_kind(Kind::Int64).to_device(images.device());
-        if idx.dim() != 1 || idx.size()[0] != ids.size()[0] {
-            return Err(VlpError::input(
-                "pair_index",
-                format!(
-                    "expected [{}] (one image pair per sentence), got {:?}",
-                    ids.size()[0],
-                    idx.size()
-                ),
-            ));
-        }
-        if idx.numel() > 0 {
-            let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
-            if lo < 0 || hi >= n / 2 {
-                return Err(VlpError::input(
-                    "pair_index",
-                    format!("values must lie in 0..{}, got {lo}..={hi}", n / 2),
-                ));
-            }
-        }
+        let idx = super::check_row_index(
+            ix,
+            ids.size()[0],
+            n / 2,
+            "pair_index",
+            "one image pair per sentence",
+            images.device(),
+        )?;
         Ok(Some(idx))
     }
 
@@ -501,6 +489,7 @@ impl VlpModel for AlbefNlvr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
     use vlp_core::checkpoint::{load_state_dict, state_dict_of, LoadMode};
 
     fn small(nlvr_layers: Option<i64>) -> AlbefConfig {

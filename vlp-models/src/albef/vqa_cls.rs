@@ -176,27 +176,14 @@ impl AlbefVqaClassifier {
         question_ids: &Tensor,
         question_mask: &Tensor,
     ) -> Result<Tensor> {
-        let n = image.size()[0];
-        let idx = image_index.to_kind(Kind::Int64).to_device(image.device());
-        if idx.dim() != 1 || idx.size()[0] != question_ids.size()[0] {
-            return Err(VlpError::input(
-                "image_index",
-                format!(
-                    "expected [{}] (one image row per question), got {:?}",
-                    question_ids.size()[0],
-                    idx.size()
-                ),
-            ));
-        }
-        if idx.numel() > 0 {
-            let (lo, hi) = (idx.min().int64_value(&[]), idx.max().int64_value(&[]));
-            if lo < 0 || hi >= n {
-                return Err(VlpError::input(
-                    "image_index",
-                    format!("values must lie in 0..{n}, got {lo}..={hi}"),
-                ));
-            }
-        }
+        let idx = super::check_row_index(
+            image_index,
+            question_ids.size()[0],
+            image.size()[0],
+            "image_index",
+            "one image row per question",
+            image.device(),
+        )?;
         let emb = self.image_embeds(image)?.index_select(0, &idx);
         self.logits(&emb, question_ids, question_mask)
     }
