@@ -357,10 +357,10 @@ impl Plan {
             // NLVR2 at 150 steps: 54.0 / 55.9 from the official initialisation (at its majority
             // class with tch's default). On true/false couples of statements about the same
             // pair, four per pair in one step (`shapes.nlvr2_train_per_pair=4`,
-            // `nlvr2_sentences_per_pair=4`), 1,800 steps × 8 pairs at lr 1e-4: 69.4 pre-trained
-            // on one pre-training, 61.9 on another (whose vocabulary differs by two words) —
-            // not the default: it depends on the pre-training's draw and costs ~280 s more
-            // (docs/quickstart.md, 2026-12-08).
+            // `nlvr2_sentences_per_pair=4`), 1,800 steps × 8 pairs at lr 1e-4: 61.5 / 67.5 on
+            // this plan's pre-training (text only 62.2; this recipe 54.0 / 60.1) — not the
+            // default: ~280 s more than the 20-minute budget has (docs/quickstart.md,
+            // 2026-12-08).
             nlvr2: s(150, 5e-4),
             nlvr2_ta: no_ta(),
             ve: s(150, 5e-4),
