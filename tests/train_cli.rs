@@ -483,4 +483,15 @@ fn nlvr2_trains_on_grouped_image_pairs() {
         &d.join("bad"),
     );
     assert!(err.contains("data.sentences_per_pair"), "{err}");
+    // Only NLVR2 has sentences to group by pair.
+    let err = run_fail(
+        "pretrain",
+        "configs/tiny/albef_pretrain.yaml",
+        &[&root, "+data.sentences_per_pair=2"],
+        &d.join("bad2"),
+    );
+    assert!(
+        err.contains("data.sentences_per_pair") && err.contains("pretrain"),
+        "{err}"
+    );
 }

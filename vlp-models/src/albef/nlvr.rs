@@ -371,7 +371,16 @@ impl AlbefNlvr {
         alpha: f64,
     ) -> Result<Tensor> {
         let idx = Self::check_grouped(images, pair_index, input_ids, attention_mask)?;
-        let out = self.forward_grouped(images, idx.as_ref(), input_ids, attention_mask)?;
+        let (_, logits) = Self::logits_of(
+            &self.visual_encoder,
+            &self.text_encoder,
+            &self.cls_head,
+            images,
+            idx.as_ref(),
+            input_ids,
+            attention_mask,
+            self.train,
+        );
         let momentum_logits = self.momentum.as_ref().map(|m| {
             let idx = idx.as_ref();
             move || {
@@ -391,7 +400,7 @@ impl AlbefNlvr {
         classifier_train_loss(
             &self.vs,
             NLVR_PAIRS,
-            &out.logits,
+            &logits,
             targets,
             alpha,
             momentum_logits,

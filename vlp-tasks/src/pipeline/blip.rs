@@ -501,6 +501,11 @@ pub fn train_dataset(exp: &ExperimentConfig, size: i64) -> Result<AnyDataset> {
             let answers = Arc::new(ev.answers.answers().to_vec());
             AnyDataset::EasyVqa(EasyVqaDataset::new(qs, tf), answers)
         }
+        Task::Nlvr2 if exp.data.sentences_per_pair.is_some() => {
+            return Err(VlpError::Unsupported {
+                what: "BLIP NLVR2 with data.sentences_per_pair (grouped samples)".into(),
+            })
+        }
         Task::Nlvr2 => {
             let mut ex = Vec::new();
             for f in need_files(exp, "train")? {

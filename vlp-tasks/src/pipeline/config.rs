@@ -443,6 +443,24 @@ impl ExperimentConfig {
         if self.data.max_text_len < 2 {
             return Err(cfg_err(src, "field `data.max_text_len` must be >= 2"));
         }
+        match self.data.sentences_per_pair {
+            Some(0) => {
+                return Err(cfg_err(
+                    src,
+                    "field `data.sentences_per_pair`: expected at least 1",
+                ))
+            }
+            Some(_) if self.data.task != Task::Nlvr2 => {
+                return Err(cfg_err(
+                    src,
+                    format!(
+                        "field `data.sentences_per_pair`: only NLVR2 groups sentences by image pair (task `{}`)",
+                        self.data.task.name()
+                    ),
+                ))
+            }
+            _ => {}
+        }
         for (field, files) in [
             ("data.train_file", &self.data.train_file),
             ("data.val_file", &self.data.val_file),
