@@ -1,5 +1,7 @@
 //! Criterion benches of the shared blocks on CPU at tiny and base sizes: attention, the BERT
-//! layer (with and without cross-attention), the ViT block and the VLMo multiway block.
+//! layer (with and without cross-attention), the ViT block and the VLMo multiway block; and one
+//! training step (forward + backward) of a fusion layer over many texts per image, the images
+//! gathered per text before the layer against shared through `CrossInput::rows`.
 //! Run: `source scripts/env.sh && cargo bench --bench blocks`.
 use criterion::{criterion_group, criterion_main, Criterion};
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -77,6 +79,7 @@ fn bench(c: &mut Criterion) {
                     Some(CrossInput {
                         states: &img,
                         mask: None,
+                        rows: None,
                     }),
                     false,
                 )
@@ -131,5 +134,44 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// 128 questions about 8 images (16 each), the quickstart's easy-VQA step at the `small` preset:
+/// forward + backward of a cross-attention BERT layer.
+fn bench_shared_images(c: &mut Criterion) {
+    tch::set_num_threads(2);
+    let mut g = c.benchmark_group("fusion_step_16_texts_per_image");
+    g.sample_size(10);
+    let (dim, heads, images, per_image, text_len, img_tokens) = (128, 4, 8, 16, 12, 65);
+    let vs = VarStore::new(Device::Cpu);
+    let mut bc = BertConfig {
+        hidden_size: dim,
+        num_attention_heads: heads,
+        intermediate_size: 4 * dim,
+        ..Default::default()
+    };
+    bc.encoder_width = Some(dim);
+    let layer = BertLayer::new(&vs.root(), &bc.layer_config(true));
+    let txt = randn(&[images * per_image, text_len, dim]);
+    let img = randn(&[images, img_tokens, dim]).set_requires_grad(true);
+    let rows = Tensor::arange(images, (Kind::Int64, Device::Cpu)).repeat_interleave_self_int(
+        per_image,
+        None::<i64>,
+        None::<i64>,
+    );
+    let step = |cross: CrossInput| {
+        let y = layer.forward_t(&txt, None, Some(cross), true);
+        y.sum(Kind::Float).backward();
+    };
+    g.bench_function("gathered_before", |b| {
+        b.iter(|| {
+            let per_text = img.index_select(0, &rows);
+            step(CrossInput::new(&per_text, None))
+        })
+    });
+    g.bench_function("shared_rows", |b| {
+        b.iter(|| step(CrossInput::gathered(&img, Some(&rows))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_shared_images);
 criterion_main!(benches);

@@ -310,7 +310,28 @@ impl MultiHeadAttention {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let (q, k, v) = self.project(x, context);
+        self.forward_rows(x, context, None, mask, train)
+    }
+
+    /// [`forward_t`](Self::forward_t) over a `context` `[P, Lk, kv_dim]` shared between query
+    /// rows: query row `b` attends to `context[rows[b]]` (`rows`: `[B]` Int64 on the context's
+    /// device, values in `0..P`). Keys and values are projected once per context row and then
+    /// gathered, which is what `context.index_select(0, rows)` would give at a fraction of the
+    /// cost when `B ≫ P` (many questions about one image). `mask` is per query row. `rows` is
+    /// ignored without a `context` (self-attention).
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rows: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let (q, mut k, mut v) = self.project(x, context);
+        if let (Some(_), Some(r)) = (context, rows) {
+            k = k.index_select(0, r);
+            v = v.index_select(0, r);
+        }
         let (q, k, v) = (
             self.split_heads(&q),
             self.split_heads(&k),

@@ -85,12 +85,14 @@ pub(crate) fn itm_loss(logits: &Tensor, neg: &NegativeDraws) -> Result<Tensor> {
 /// ITM with hard negatives (ALBEF/BLIP pretraining and retrieval fine-tuning), in the official
 /// order: fusion of the positive pairs, sampling weights, draws (unless injected), fusion of the
 /// `2B` negative pairs, `itm_head` on the `[CLS]` of `[pos ; neg]`, loss.
-/// `fuse(text, mask, image_states) -> [N, L, D]` is the model's fusion encoder.
+/// `fuse(text, mask, image_states, rows) -> [N, L, D]` is the model's fusion encoder; text row
+/// `n` is about image `rows[n]` (`None`: image row `n`), so the negatives' images are encoded by
+/// the cross-attention once each instead of once per pair.
 pub(crate) fn itm_hard_negatives(
     x: ItmStep,
-    fuse: impl Fn(&Tensor, &Tensor, &Tensor) -> Tensor,
+    fuse: impl Fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>) -> Tensor,
 ) -> Result<ItmStepOutput> {
-    let fusion_pos = fuse(x.text, x.mask, x.image_embeds);
+    let fusion_pos = fuse(x.text, x.mask, x.image_embeds, None);
     let weights_i2t = x.sampler.try_weights(x.sim_i2t, x.positives)?;
     let weights_t2i = x.sampler.try_weights(x.sim_t2i, x.positives)?;
     let negatives = match x.draws {
@@ -101,16 +103,11 @@ pub(crate) fn itm_hard_negatives(
     let dev = x.text.device();
     let ni = negatives.neg_image_idx.to_device(dev);
     let nt = negatives.neg_text_idx.to_device(dev);
-    let image_all = Tensor::cat(
-        &[
-            x.image_embeds.index_select(0, &ni),
-            x.image_embeds.shallow_clone(),
-        ],
-        0,
-    );
+    let b = x.image_embeds.size()[0];
+    let image_rows = Tensor::cat(&[ni, Tensor::arange(b, (Kind::Int64, dev))], 0);
     let text_all = Tensor::cat(&[x.text.shallow_clone(), x.text.index_select(0, &nt)], 0);
     let mask_all = Tensor::cat(&[x.mask.shallow_clone(), x.mask.index_select(0, &nt)], 0);
-    let fusion_neg = fuse(&text_all, &mask_all, &image_all);
+    let fusion_neg = fuse(&text_all, &mask_all, x.image_embeds, Some(&image_rows));
     let vl = Tensor::cat(&[cls_token(&fusion_pos), cls_token(&fusion_neg)], 0);
     let logits = vl.apply(x.itm_head);
     let loss = itm_loss(&logits, &negatives)?;

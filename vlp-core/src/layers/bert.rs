@@ -340,7 +340,20 @@ impl BertAttention {
         mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let h = self.attn.forward_t(x, context, mask, train);
+        self.forward_rows(x, context, None, mask, train)
+    }
+
+    /// [`forward_t`](Self::forward_t) with a `context` shared between query rows (see
+    /// [`MultiHeadAttention::forward_rows`]).
+    pub fn forward_rows(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        rows: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let h = self.attn.forward_rows(x, context, rows, mask, train);
         self.output(&h, x, train)
     }
 
@@ -362,8 +375,32 @@ impl BertAttention {
 pub struct CrossInput<'a> {
     /// `[B, Lk, encoder_width]`.
     pub states: &'a Tensor,
-    /// Additive mask, broadcastable to `[B, H, Lq, Lk]`.
+    /// Additive mask, broadcastable to `[B, H, Lq, Lk]` (per query row, also with `rows`).
     pub mask: Option<&'a Tensor>,
+    /// `[B]` Int64: query row `b` attends to `states[rows[b]]`, so that `states` holds each
+    /// image once (`[P, Lk, W]`, `P ≤ B`) and its keys/values are projected once. `None`: one
+    /// `states` row per query row.
+    pub rows: Option<&'a Tensor>,
+}
+
+impl<'a> CrossInput<'a> {
+    /// One `states` row per query row, with an optional additive mask.
+    pub fn new(states: &'a Tensor, mask: Option<&'a Tensor>) -> Self {
+        CrossInput {
+            states,
+            mask,
+            rows: None,
+        }
+    }
+
+    /// `states` shared between query rows: query row `b` attends to `states[rows[b]]`.
+    pub fn gathered(states: &'a Tensor, rows: Option<&'a Tensor>) -> Self {
+        CrossInput {
+            states,
+            mask: None,
+            rows,
+        }
+    }
 }
 
 /// Caches of one layer for incremental decoding.
@@ -454,7 +491,7 @@ impl BertLayer {
     ) -> Tensor {
         let mut h = self.attention.forward_t(x, None, self_mask, train);
         if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
-            h = ca.forward_t(&h, Some(c.states), c.mask, train);
+            h = ca.forward_rows(&h, Some(c.states), c.rows, c.mask, train);
         }
         self.ffn(&h, train)
     }
@@ -471,7 +508,9 @@ impl BertLayer {
             .attention
             .forward_cached(x, None, self_mask, &mut cache.self_kv);
         if let (Some(ca), Some(c)) = (&self.crossattention, cross) {
-            h = ca.forward_cached(&h, Some(c.states), c.mask, &mut cache.cross_kv);
+            let gathered = c.rows.map(|r| c.states.index_select(0, r));
+            let states = gathered.as_ref().unwrap_or(c.states);
+            h = ca.forward_cached(&h, Some(states), c.mask, &mut cache.cross_kv);
         }
         self.ffn(&h, false)
     }
@@ -592,6 +631,7 @@ mod tests {
         let cross = CrossInput {
             states: &ctx,
             mask: Some(&cmask),
+            rows: None,
         };
         let causal = causal_mask(4, 4, BERT_MASK_VALUE, Kind::Float, Device::Cpu);
         let full = enc.forward_t(
@@ -618,5 +658,42 @@ mod tests {
             false,
         );
         assert!(!other.allclose(&full, 1e-3, 1e-3, false));
+    }
+
+    #[test]
+    fn shared_cross_states_equal_gathered_ones_with_gradients() {
+        tch::manual_seed(5);
+        let vs = VarStore::new(Device::Cpu);
+        let mut cfg = BertConfig::tiny();
+        cfg.add_cross_attention = true;
+        cfg.encoder_width = Some(24);
+        let emb = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, false);
+        let enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        // 5 texts about 2 images: text b attends to image rows[b]
+        let ids = Tensor::from_slice(&[1i64, 5, 9, 3, 2, 7, 8, 4, 6, 1]).view([5, 2]);
+        let rows = Tensor::from_slice(&[1i64, 0, 1, 1, 0]);
+        let states = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let x = emb.forward_t(&ids, None, 0, false);
+        let run = |cross: CrossInput| enc.forward_t(&x, None, Some(cross), false);
+        let shared = run(CrossInput::gathered(&states, Some(&rows)));
+        let gathered = states.index_select(0, &rows);
+        let plain = run(CrossInput::new(&gathered, None));
+        assert_eq!(shared.size(), [5, 2, 32]);
+        assert!(shared.allclose(&plain, 1e-6, 1e-6, false));
+        // the image-side gradient sums over the texts about each image in both forms
+        let g = |y: &Tensor| {
+            let g = Tensor::run_backward(&[(y * y).sum(Kind::Float)], &[&states], true, false);
+            g[0].shallow_clone()
+        };
+        assert!(g(&shared).allclose(&g(&plain), 1e-5, 1e-5, false));
+        // the rows are used: another assignment changes the output
+        let other = Tensor::from_slice(&[0i64, 0, 1, 1, 0]);
+        let moved = run(CrossInput::gathered(&states, Some(&other)));
+        assert!(!moved
+            .narrow(0, 0, 1)
+            .allclose(&shared.narrow(0, 0, 1), 1e-4, 1e-4, false));
+        assert!(moved
+            .narrow(0, 1, 4)
+            .allclose(&shared.narrow(0, 1, 4), 1e-6, 1e-6, false));
     }
 }

@@ -163,24 +163,19 @@ pub fn nlvr_text_encoder(p: &nn::Path, cfg: &BertConfig, layout: NlvrLayout) -> 
 }
 
 /// The NLVR2 encoder's text states for text `[B, L]` against image states `image0` and
-/// `image1` (`[B, 1+N, D]` each; fusion layers alternate between them), no image mask.
+/// `image1` (`[B, 1+N, D]` each, or `[P, 1+N, D]` with sentence `b` about pair `rows[b]`;
+/// fusion layers alternate between them), no image mask.
 pub(crate) fn two_image_states(
     bert: &AlbefBert,
     ids: &Tensor,
     mask: &Tensor,
-    image0: &Tensor,
-    image1: &Tensor,
+    (image0, image1): (&Tensor, &Tensor),
+    rows: Option<&Tensor>,
     train: bool,
 ) -> Tensor {
     let cross = [
-        CrossInput {
-            states: image0,
-            mask: None,
-        },
-        CrossInput {
-            states: image1,
-            mask: None,
-        },
+        CrossInput::gathered(image0, rows),
+        CrossInput::gathered(image1, rows),
     ];
     bert.multimodal(ids, mask, &cross, train)
 }
@@ -251,12 +246,8 @@ impl AlbefNlvr {
     ) -> (Tensor, Tensor) {
         let image_embeds = vit.forward_t(images, train);
         let p = image_embeds.size()[0] / 2;
-        let (mut i0, mut i1) = (image_embeds.narrow(0, 0, p), image_embeds.narrow(0, p, p));
-        if let Some(ix) = pair_index {
-            i0 = i0.index_select(0, ix);
-            i1 = i1.index_select(0, ix);
-        }
-        let h = two_image_states(bert, ids, mask, &i0, &i1, train);
+        let (i0, i1) = (image_embeds.narrow(0, 0, p), image_embeds.narrow(0, p, p));
+        let h = two_image_states(bert, ids, mask, (&i0, &i1), pair_index, train);
         (image_embeds, head.forward(&cls_token(&h)))
     }
 

@@ -201,8 +201,8 @@ impl AlbefNlvrPretrain {
             &self.text_encoder,
             input_ids,
             attention_mask,
-            &i0,
-            &i1,
+            (&i0, &i1),
+            None,
             self.train,
         );
         Ok(cls_token(&h).apply(&self.ta_head))

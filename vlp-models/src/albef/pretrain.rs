@@ -298,6 +298,7 @@ impl AlbefPretrain {
         let cross = [CrossInput {
             states: image_embeds,
             mask: None,
+            rows: None,
         }];
         let h = self.text_encoder.bert.fusion(&text, mask, &cross, train);
         Ok(h.select(1, 0).apply(&self.itm_head))
@@ -375,17 +376,15 @@ impl AlbefPretrain {
                 image_embeds: &image_embeds,
                 itm_head: &self.itm_head,
             },
-            |t, m, i| {
-                let cross = [CrossInput {
-                    states: i,
-                    mask: None,
-                }];
+            |t, m, i, rows| {
+                let cross = [CrossInput::gathered(i, rows)];
                 self.text_encoder.bert.fusion(t, m, &cross, train)
             },
         )?;
         let cross = [CrossInput {
             states: &image_embeds,
             mask: None,
+            rows: None,
         }];
 
         // MLM with distillation.
@@ -408,6 +407,7 @@ impl AlbefPretrain {
             let cross_m = [CrossInput {
                 states: &image_embeds_m,
                 mask: None,
+                rows: None,
             }];
             let h = self
                 .text_encoder_m

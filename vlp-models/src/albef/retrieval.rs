@@ -157,6 +157,7 @@ impl AlbefRetrieval {
         let cross = [CrossInput {
             states: image_embeds,
             mask: None,
+            rows: None,
         }];
         let h = self
             .text_encoder
@@ -283,11 +284,8 @@ impl AlbefRetrieval {
                 image_embeds: &image_embeds,
                 itm_head: &self.itm_head,
             },
-            |t, m, i| {
-                let cross = [CrossInput {
-                    states: i,
-                    mask: None,
-                }];
+            |t, m, i, rows| {
+                let cross = [CrossInput::gathered(i, rows)];
                 self.text_encoder.fusion(t, m, &cross, train)
             },
         )?;

@@ -111,6 +111,7 @@ impl AlbefVe {
         let cross = [CrossInput {
             states: &image_embeds,
             mask: None,
+            rows: None,
         }];
         let h = bert.multimodal(ids, mask, &cross, train);
         let logits = head.forward(&cls_token(&h));

@@ -131,6 +131,7 @@ fn decoder_logits(
     let cross = [CrossInput {
         states,
         mask: Some(&cm),
+        rows: None,
     }];
     let h = dec.bert.decode(ids, mask, &cross, train);
     dec.cls.forward(&h)
@@ -194,6 +195,7 @@ impl AlbefVqa {
         let cross = [CrossInput {
             states: &image_embeds,
             mask: None,
+            rows: None,
         }];
         let q = self
             .text_encoder
@@ -251,6 +253,7 @@ impl AlbefVqa {
                 let cross = [CrossInput {
                     states: &image_embeds_m,
                     mask: None,
+                    rows: None,
                 }];
                 let q_m =
                     m.text_encoder_m

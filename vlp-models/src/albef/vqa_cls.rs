@@ -146,14 +146,24 @@ impl AlbefVqaClassifier {
                 ),
             ));
         }
-        let cross = [CrossInput {
-            states: image_embeds,
-            mask: None,
-        }];
+        Ok(self.logits_gathered(image_embeds, None, question_ids, question_mask))
+    }
+
+    /// Logits of questions over images encoded once each: question `q` cross-attends to
+    /// `image_embeds[rows[q]]` (checked by the caller), so each image's cross-attention
+    /// keys/values are projected once.
+    fn logits_gathered(
+        &self,
+        image_embeds: &Tensor,
+        rows: Option<&Tensor>,
+        question_ids: &Tensor,
+        question_mask: &Tensor,
+    ) -> Tensor {
+        let cross = [CrossInput::gathered(image_embeds, rows)];
         let h = self
             .text_encoder
             .multimodal(question_ids, question_mask, &cross, self.train);
-        Ok(self.vqa_head.forward(&cls_token(&h)))
+        self.vqa_head.forward(&cls_token(&h))
     }
 
     /// Logits of `B` questions about `B` images (one image per question).
@@ -184,8 +194,9 @@ impl AlbefVqaClassifier {
             "one image row per question",
             image.device(),
         )?;
-        let emb = self.image_embeds(image)?.index_select(0, &idx);
-        self.logits(&emb, question_ids, question_mask)
+        check_text(question_ids, question_mask, "question_ids")?;
+        let emb = self.image_embeds(image)?;
+        Ok(self.logits_gathered(&emb, Some(&idx), question_ids, question_mask))
     }
 
     /// The training loss of `logits` against soft `targets` `[B, n_answers]` (by

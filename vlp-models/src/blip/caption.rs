@@ -87,6 +87,7 @@ impl IncrementalDecoder for MedDecoder<'_> {
         let cross = CrossInput {
             states: &self.context,
             mask: cmask.as_ref(),
+            rows: None,
         };
         for (layer, cache) in self
             .lm

@@ -513,7 +513,24 @@ impl MedBert {
         let cross = CrossInput {
             states,
             mask: cm.as_ref(),
+            rows: None,
         };
+        self.encoder.forward_t(&x, Some(&m), Some(cross), train)
+    }
+
+    /// [`multimodal`](Self::multimodal) over images shared between texts: text `b` attends to
+    /// `states[rows[b]]` (all of it), each image's keys/values projected once.
+    pub fn multimodal_rows(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        states: &Tensor,
+        rows: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let x = self.embed(ids, 0, train);
+        let m = text_mask(mask, x.kind());
+        let cross = CrossInput::gathered(states, rows);
         self.encoder.forward_t(&x, Some(&m), Some(cross), train)
     }
 
@@ -533,6 +550,7 @@ impl MedBert {
         let cross = CrossInput {
             states,
             mask: cm.as_ref(),
+            rows: None,
         };
         self.encoder.forward_t(&x, Some(&m), Some(cross), train)
     }

@@ -389,7 +389,7 @@ impl BlipPretrain {
                 image_embeds: &image_embeds,
                 itm_head: &self.itm_head,
             },
-            |ids, m, i| self.text_encoder.multimodal(ids, m, i, None, train),
+            |ids, m, i, rows| self.text_encoder.multimodal_rows(ids, m, i, rows, train),
         )?;
 
         // LM: image-grounded decoder with [DEC].

@@ -390,7 +390,7 @@ impl BlipRetrieval {
                 image_embeds: &image_embeds,
                 itm_head: &self.itm_head,
             },
-            |ids, m, i| self.text_encoder.multimodal(ids, m, i, None, train),
+            |ids, m, i, rows| self.text_encoder.multimodal_rows(ids, m, i, rows, train),
         )?;
         Ok(RetrievalTrainOutput {
             loss_ita,

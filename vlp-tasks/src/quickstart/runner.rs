@@ -1392,6 +1392,7 @@ fn rank_questions(
         let cross = [CrossInput {
             states: &emb,
             mask: None,
+            rows: None,
         }];
         let states = m.text_encoder.multimodal(&qi, &qm, &cross, false);
         let (ids, _) = m.rank_answer(&states, &qm, &aid, &amask, k)?;

@@ -167,6 +167,7 @@ impl RetrievalModel for AlbefRetrievalEval<'_> {
                 let cross = [CrossInput {
                     states: &imgs,
                     mask: None,
+                    rows: None,
                 }];
                 let h = m.text_encoder.bert.fusion(&te, &tm, &cross, false);
                 cls(&h).apply(&m.itm_head)
