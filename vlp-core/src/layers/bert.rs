@@ -615,15 +615,21 @@ mod tests {
             .contains("num_attention_heads"));
     }
 
-    #[test]
-    fn cached_decoder_equals_full_pass() {
-        tch::manual_seed(3);
+    /// Tiny embeddings + 2 layers cross-attending to width-24 states.
+    fn cross_stack(seed: i64) -> (VarStore, BertEmbeddings, BertEncoder) {
+        tch::manual_seed(seed);
         let vs = VarStore::new(Device::Cpu);
         let mut cfg = BertConfig::tiny();
         cfg.add_cross_attention = true;
         cfg.encoder_width = Some(24);
         let emb = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, false);
         let enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        (vs, emb, enc)
+    }
+
+    #[test]
+    fn cached_decoder_equals_full_pass() {
+        let (_vs, emb, enc) = cross_stack(3);
         let ids = Tensor::from_slice(&[1i64, 5, 9, 3, 2, 7, 8, 4]).view([2, 4]);
         let ctx = Tensor::randn([2, 3, 24], (Kind::Float, Device::Cpu));
         let keep = Tensor::from_slice(&[1i64, 1, 0, 1, 1, 1]).view([2, 3]);
@@ -662,13 +668,7 @@ mod tests {
 
     #[test]
     fn shared_cross_states_equal_gathered_ones_with_gradients() {
-        tch::manual_seed(5);
-        let vs = VarStore::new(Device::Cpu);
-        let mut cfg = BertConfig::tiny();
-        cfg.add_cross_attention = true;
-        cfg.encoder_width = Some(24);
-        let emb = BertEmbeddings::new(&(vs.root() / "embeddings"), &cfg, false);
-        let enc = BertEncoder::new(&(vs.root() / "encoder"), &cfg);
+        let (_vs, emb, enc) = cross_stack(5);
         // 5 texts about 2 images: text b attends to image rows[b]
         let ids = Tensor::from_slice(&[1i64, 5, 9, 3, 2, 7, 8, 4, 6, 1]).view([5, 2]);
         let rows = Tensor::from_slice(&[1i64, 0, 1, 1, 0]);

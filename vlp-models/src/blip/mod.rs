@@ -507,15 +507,7 @@ impl MedBert {
         states_mask: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
-        let x = self.embed(ids, 0, train);
-        let m = text_mask(mask, x.kind());
-        let cm = states_mask.map(|k| cross_mask(k, x.kind()));
-        let cross = CrossInput {
-            states,
-            mask: cm.as_ref(),
-            rows: None,
-        };
-        self.encoder.forward_t(&x, Some(&m), Some(cross), train)
+        self.multimodal_over(ids, mask, states, states_mask, None, train)
     }
 
     /// [`multimodal`](Self::multimodal) over images shared between texts: text `b` attends to
@@ -528,9 +520,26 @@ impl MedBert {
         rows: Option<&Tensor>,
         train: bool,
     ) -> Tensor {
+        self.multimodal_over(ids, mask, states, None, rows, train)
+    }
+
+    fn multimodal_over(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        states: &Tensor,
+        states_mask: Option<&Tensor>,
+        rows: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let x = self.embed(ids, 0, train);
         let m = text_mask(mask, x.kind());
-        let cross = CrossInput::gathered(states, rows);
+        let cm = states_mask.map(|k| cross_mask(k, x.kind()));
+        let cross = CrossInput {
+            states,
+            mask: cm.as_ref(),
+            rows,
+        };
         self.encoder.forward_t(&x, Some(&m), Some(cross), train)
     }
 
