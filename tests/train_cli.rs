@@ -454,6 +454,16 @@ fn word_swapped_itm_negatives_train_as_their_own_term() {
     }
 }
 
+/// The last `"type": "train"` record of a run's `metrics.jsonl`.
+fn last_train_record(out: &Path) -> serde_json::Value {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .rfind(|v| v["type"] == "train")
+        .unwrap()
+}
+
 #[test]
 fn nlvr2_trains_on_grouped_image_pairs() {
     let d = tmp("nlvr2-grouped");
@@ -468,12 +478,7 @@ fn nlvr2_trains_on_grouped_image_pairs() {
     );
     assert!(metrics_of(&out).contains_key("acc"));
     // Every step: 8 pairs, each with its 4 statements (the `samples` count is of sentences).
-    let last = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .rfind(|v| v["type"] == "train")
-        .unwrap();
+    let last = last_train_record(&out);
     assert_eq!(last["step"], 3, "{last}");
     assert_eq!(last["samples"], 3 * 8 * 4, "{last}");
     let err = run_fail(
@@ -492,6 +497,43 @@ fn nlvr2_trains_on_grouped_image_pairs() {
     );
     assert!(
         err.contains("data.sentences_per_pair") && err.contains("pretrain"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ve_trains_on_grouped_images() {
+    let d = tmp("ve-grouped");
+    let data = shapes(&d);
+    let root = format!("data.root={}", data.display());
+    let out = d.join("ve");
+    run(
+        "finetune",
+        "configs/tiny/albef_ve.yaml",
+        &[&root, "+data.hypotheses_per_image=3"],
+        &out,
+    );
+    assert!(metrics_of(&out).contains_key("acc"));
+    // Every step: 8 images, each with its 3 hypotheses (Shapes writes one of each label).
+    let last = last_train_record(&out);
+    assert_eq!(last["step"], 3, "{last}");
+    assert_eq!(last["samples"], 3 * 8 * 3, "{last}");
+    let err = run_fail(
+        "finetune",
+        "configs/tiny/albef_ve.yaml",
+        &[&root, "+data.hypotheses_per_image=0"],
+        &d.join("bad"),
+    );
+    assert!(err.contains("data.hypotheses_per_image"), "{err}");
+    // Only SNLI-VE has hypotheses to group by image.
+    let err = run_fail(
+        "finetune",
+        "configs/tiny/albef_nlvr2.yaml",
+        &[&root, "+data.hypotheses_per_image=3"],
+        &d.join("bad2"),
+    );
+    assert!(
+        err.contains("data.hypotheses_per_image") && err.contains("nlvr2"),
         "{err}"
     );
 }

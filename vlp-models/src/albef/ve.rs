@@ -98,24 +98,52 @@ impl AlbefVe {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn logits_of(
         vit: &VisionTransformer,
         bert: &AlbefBert,
         head: &ClsHead,
         image: &Tensor,
+        rows: Option<&Tensor>,
         ids: &Tensor,
         mask: &Tensor,
         train: bool,
     ) -> (Tensor, Tensor) {
         let image_embeds = vit.forward_t(image, train);
-        let cross = [CrossInput {
-            states: &image_embeds,
-            mask: None,
-            rows: None,
-        }];
+        let cross = [CrossInput::gathered(&image_embeds, rows)];
         let h = bert.multimodal(ids, mask, &cross, train);
         let logits = head.forward(&cls_token(&h));
         (image_embeds, logits)
+    }
+
+    /// Checks `B` texts against the images: one image per text without `image_index`; with it,
+    /// `image_index` is `[B]` with values in `0..P` (returned as Int64 on the images' device).
+    fn check_grouped(
+        image: &Tensor,
+        image_index: Option<&Tensor>,
+        ids: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        check_image(image, "image")?;
+        check_text(ids, mask, "input_ids")?;
+        let Some(ix) = image_index else {
+            if image.size()[0] != ids.size()[0] {
+                return Err(VlpError::input(
+                    "input_ids",
+                    format!("{} texts for {} images", ids.size()[0], image.size()[0]),
+                ));
+            }
+            return Ok(None);
+        };
+        super::check_row_index(
+            ix,
+            ids.size()[0],
+            image.size()[0],
+            "image_index",
+            "one image row per hypothesis",
+            image.device(),
+        )
+        .map(Some)
     }
 
     /// Evaluation forward (`train=False`): image embeddings and `[B, 3]` logits.
@@ -125,23 +153,26 @@ impl AlbefVe {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<ClassifierOutput> {
-        check_image(image, "image")?;
-        check_text(input_ids, attention_mask, "input_ids")?;
-        if image.size()[0] != input_ids.size()[0] {
-            return Err(VlpError::input(
-                "input_ids",
-                format!(
-                    "{} texts for {} images",
-                    input_ids.size()[0],
-                    image.size()[0]
-                ),
-            ));
-        }
+        self.forward_grouped(image, None, input_ids, attention_mask)
+    }
+
+    /// [`AlbefVe::forward`] for `B` hypotheses about `P ≤ B` images, each image encoded once:
+    /// hypothesis `b` is about image `image_index[b]` (`None`: `P = B`). Image embeddings
+    /// `[P, 1+N, D]`.
+    pub fn forward_grouped(
+        &self,
+        image: &Tensor,
+        image_index: Option<&Tensor>,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<ClassifierOutput> {
+        let idx = Self::check_grouped(image, image_index, input_ids, attention_mask)?;
         let (image_embeds, logits) = Self::logits_of(
             &self.visual_encoder,
             &self.text_encoder,
             &self.cls_head,
             image,
+            idx.as_ref(),
             input_ids,
             attention_mask,
             self.train,
@@ -162,14 +193,39 @@ impl AlbefVe {
         targets: &Tensor,
         alpha: f64,
     ) -> Result<Tensor> {
-        let out = self.forward(image, input_ids, attention_mask)?;
+        self.train_loss_grouped(image, None, input_ids, attention_mask, targets, alpha)
+    }
+
+    /// [`AlbefVe::train_loss`] over grouped hypotheses (see [`AlbefVe::forward_grouped`]).
+    pub fn train_loss_grouped(
+        &self,
+        image: &Tensor,
+        image_index: Option<&Tensor>,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        targets: &Tensor,
+        alpha: f64,
+    ) -> Result<Tensor> {
+        let idx = Self::check_grouped(image, image_index, input_ids, attention_mask)?;
+        let (_, logits) = Self::logits_of(
+            &self.visual_encoder,
+            &self.text_encoder,
+            &self.cls_head,
+            image,
+            idx.as_ref(),
+            input_ids,
+            attention_mask,
+            self.train,
+        );
         let momentum_logits = self.momentum.as_ref().map(|m| {
+            let idx = idx.as_ref();
             move || {
                 Self::logits_of(
                     &m.visual_encoder_m,
                     &m.text_encoder_m,
                     &m.cls_head_m,
                     image,
+                    idx,
                     input_ids,
                     attention_mask,
                     self.train,
@@ -177,14 +233,7 @@ impl AlbefVe {
                 .1
             }
         });
-        classifier_train_loss(
-            &self.vs,
-            VE_PAIRS,
-            &out.logits,
-            targets,
-            alpha,
-            momentum_logits,
-        )
+        classifier_train_loss(&self.vs, VE_PAIRS, &logits, targets, alpha, momentum_logits)
     }
 }
 
@@ -230,5 +279,52 @@ impl VlpModel for AlbefVe {
             t.insert("logits".into(), out.logits);
             Ok(t)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Kind;
+
+    #[test]
+    fn grouped_images_equal_one_image_per_hypothesis() {
+        tch::manual_seed(0);
+        let m = AlbefVe::new(&super::super::tiny_test_config(4, 2), Device::Cpu).unwrap();
+        let (k, opts) = (Kind::Float, (Kind::Int64, Device::Cpu));
+        // Two images; five hypotheses about images 1, 0, 0, 1, 1.
+        let img = Tensor::randn([2, 3, 32, 32], (k, Device::Cpu));
+        let which = Tensor::from_slice(&[1i64, 0, 0, 1, 1]);
+        let ids = Tensor::randint(50, [5, 6], opts).clamp_min(1);
+        let mask = Tensor::ones([5, 6], opts);
+        let a = m.forward_grouped(&img, Some(&which), &ids, &mask).unwrap();
+        let per = img.index_select(0, &which);
+        let b = m.forward(&per, &ids, &mask).unwrap();
+        assert_eq!(a.logits.size(), [5, 3]);
+        assert_eq!(a.image_embeds.size()[0], 2);
+        assert!(a.logits.allclose(&b.logits, 1e-5, 1e-6, false));
+        let targets = Tensor::from_slice(&[2i64, 0, 1, 1, 0]);
+        let la = m
+            .train_loss_grouped(&img, Some(&which), &ids, &mask, &targets, 0.0)
+            .unwrap();
+        let lb = m.train_loss(&per, &ids, &mask, &targets, 0.0).unwrap();
+        assert!((la.double_value(&[]) - lb.double_value(&[])).abs() < 1e-5);
+        for (bad, what) in [
+            (Tensor::from_slice(&[0i64, 2, 1, 0, 1]), "0..2"),
+            (
+                Tensor::from_slice(&[0i64, 1]),
+                "one image row per hypothesis",
+            ),
+        ] {
+            let e = m
+                .forward_grouped(&img, Some(&bad), &ids, &mask)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains("image_index") && e.to_string().contains(what),
+                "{e}"
+            );
+        }
+        let e = m.forward(&img, &ids, &mask).unwrap_err();
+        assert!(e.to_string().contains("5 texts for 2 images"), "{e}");
     }
 }

@@ -96,6 +96,36 @@ impl GroupedVqaDataset {
     }
 }
 
+/// `items` grouped by `key`, groups in order of first appearance, items in input order.
+pub fn group_by_first_appearance<K, T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<(K, Vec<T>)>
+where
+    K: std::hash::Hash + Eq + Clone,
+{
+    let mut slot: std::collections::HashMap<K, usize> = std::collections::HashMap::new();
+    let mut groups: Vec<(K, Vec<T>)> = Vec::new();
+    for it in items {
+        let k = key(&it);
+        let i = *slot.entry(k.clone()).or_insert_with(|| {
+            groups.push((k, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(it);
+    }
+    groups
+}
+
+/// All of `all` when it holds at most `n`, else `n` of them drawn without replacement.
+pub fn pick_up_to<'a, T>(all: &'a [T], n: usize, rng: &mut StdRng) -> Vec<&'a T> {
+    if all.len() <= n {
+        all.iter().collect()
+    } else {
+        all.choose_multiple(rng, n).collect()
+    }
+}
+
 /// An easy-VQA question as a VQA question with one annotator answer.
 pub fn easy_as_vqa(q: EasyVqaQuestion) -> VqaQuestion {
     VqaQuestion {
@@ -120,11 +150,7 @@ impl Dataset for GroupedVqaDataset {
     fn get(&self, i: usize, rng: &mut StdRng) -> Result<GroupedVqaSample> {
         let (path, qs) = &self.groups[i];
         let image = self.transform.apply_path(path, rng)?;
-        let picked: Vec<&VqaQuestion> = if qs.len() <= self.per_image {
-            qs.iter().collect()
-        } else {
-            qs.choose_multiple(rng, self.per_image).collect()
-        };
+        let picked = pick_up_to(qs, self.per_image, rng);
         let questions = picked
             .into_iter()
             .map(|q| GroupedQuestion {

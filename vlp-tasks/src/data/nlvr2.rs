@@ -221,16 +221,11 @@ impl GroupedNlvr2Dataset {
         transform: ImageTransform,
         prep: TextPrep,
     ) -> Self {
-        let mut slot: std::collections::HashMap<[PathBuf; 2], usize> =
-            std::collections::HashMap::new();
-        let mut pairs: Vec<PairGroup> = Vec::new();
-        for e in examples {
-            let k = *slot.entry(e.images.clone()).or_insert_with(|| {
-                pairs.push((e.images.clone(), Vec::new()));
-                pairs.len() - 1
-            });
-            pairs[k].1.push((e.sentence, e.label));
-        }
+        let pairs: Vec<PairGroup> =
+            super::grouped::group_by_first_appearance(examples, |e| e.images.clone())
+                .into_iter()
+                .map(|(k, es)| (k, es.into_iter().map(|e| (e.sentence, e.label)).collect()))
+                .collect();
         GroupedNlvr2Dataset {
             pairs: Arc::new(pairs),
             per_pair: per_pair.max(1),
@@ -251,15 +246,10 @@ impl Dataset for GroupedNlvr2Dataset {
         self.pairs.len()
     }
     fn get(&self, i: usize, rng: &mut StdRng) -> Result<GroupedNlvr2Sample> {
-        use rand::seq::SliceRandom;
         let (paths, all) = &self.pairs[i];
         let a = self.transform.apply_path(&paths[0], rng)?;
         let b = self.transform.apply_path(&paths[1], rng)?;
-        let picked: Vec<&(String, bool)> = if all.len() <= self.per_pair {
-            all.iter().collect()
-        } else {
-            all.choose_multiple(rng, self.per_pair).collect()
-        };
+        let picked = super::grouped::pick_up_to(all, self.per_pair, rng);
         Ok(GroupedNlvr2Sample {
             images: [a, b],
             sentences: picked

@@ -174,3 +174,133 @@ impl Dataset for VeDataset {
         })
     }
 }
+
+/// An image with some of its hypotheses (see [`GroupedVeDataset`]).
+#[derive(Debug)]
+pub struct GroupedVeSample {
+    /// The transformed image.
+    pub image: Tensor,
+    /// Preprocessed hypotheses with their labels (at least one).
+    pub hypotheses: Vec<(String, VeLabel)>,
+}
+
+/// An image (its path) with its labelled hypotheses.
+type ImageGroup = (PathBuf, Vec<(String, VeLabel)>);
+
+/// An SNLI-VE data set whose items are images, each with up to `per_image` of its hypotheses
+/// (drawn without replacement from the sample's RNG), so that a model encodes each image once
+/// for all of them and sees an image's entailed and contradicted hypotheses in the same step.
+/// Images in order of first appearance.
+#[derive(Debug, Clone)]
+pub struct GroupedVeDataset {
+    images: Arc<Vec<ImageGroup>>,
+    per_image: usize,
+    transform: ImageTransform,
+    prep: TextPrep,
+}
+
+impl GroupedVeDataset {
+    /// Groups `examples` by image; each sample carries at most `per_image` (≥ 1) hypotheses.
+    pub fn new(
+        examples: Vec<VeExample>,
+        per_image: usize,
+        transform: ImageTransform,
+        prep: TextPrep,
+    ) -> Self {
+        let images = super::grouped::group_by_first_appearance(examples, |e| e.image.clone())
+            .into_iter()
+            .map(|(k, es)| (k, es.into_iter().map(|e| (e.sentence, e.label)).collect()))
+            .collect();
+        GroupedVeDataset {
+            images: Arc::new(images),
+            per_image: per_image.max(1),
+            transform,
+            prep,
+        }
+    }
+
+    /// Number of hypotheses over all images.
+    pub fn num_hypotheses(&self) -> usize {
+        self.images.iter().map(|(_, h)| h.len()).sum()
+    }
+}
+
+impl Dataset for GroupedVeDataset {
+    type Sample = GroupedVeSample;
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn get(&self, i: usize, rng: &mut StdRng) -> Result<GroupedVeSample> {
+        let (path, all) = &self.images[i];
+        let image = self.transform.apply_path(path, rng)?;
+        let picked = super::grouped::pick_up_to(all, self.per_image, rng);
+        Ok(GroupedVeSample {
+            image,
+            hypotheses: picked
+                .into_iter()
+                .map(|(h, l)| (self.prep.caption(h), *l))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use vlp_core::image::{ImageTransformConfig, Normalize};
+
+    #[test]
+    fn groups_by_image_and_draws_at_most_per_image_hypotheses() {
+        let dir = std::env::temp_dir().join(format!("vlp-ve-grouped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = |name: &str| {
+            let p = dir.join(name);
+            image::RgbImage::from_pixel(8, 8, image::Rgb([10, 20, 30]))
+                .save(&p)
+                .unwrap();
+            p
+        };
+        let (a, b) = (img("a.png"), img("b.png"));
+        let ex = |p: &PathBuf, s: &str, label: VeLabel| VeExample {
+            identifier: None,
+            image_rel: p.display().to_string(),
+            image: p.clone(),
+            sentence: s.into(),
+            label,
+        };
+        use VeLabel::{Contradiction as C, Entailment as E, Neutral as N};
+        let examples = vec![
+            ex(&a, "a0", E),
+            ex(&b, "b0", N),
+            ex(&a, "a1", N),
+            ex(&a, "a2", C),
+            ex(&a, "a3", E),
+        ];
+        let tf = ImageTransform::new(ImageTransformConfig::eval(8, Normalize::Clip)).unwrap();
+        let ds = GroupedVeDataset::new(examples, 3, tf, TextPrep::Raw);
+        assert_eq!((ds.len(), ds.num_hypotheses()), (2, 5));
+        let mut rng = StdRng::seed_from_u64(0);
+        let s = ds.get(0, &mut rng).unwrap();
+        assert_eq!(s.image.size(), [3, 8, 8]);
+        assert_eq!(s.hypotheses.len(), 3);
+        let want = [E, N, C, E];
+        let mut seen = std::collections::BTreeSet::new();
+        for (text, label) in &s.hypotheses {
+            let j: usize = text.strip_prefix('a').unwrap().parse().unwrap();
+            assert_eq!(*label, want[j], "{text}");
+            assert!(seen.insert(text.clone()), "{text} drawn twice");
+        }
+        assert_eq!(
+            ds.get(1, &mut rng).unwrap().hypotheses,
+            vec![("b0".to_string(), N)]
+        );
+        let draw = |seed| {
+            ds.get(0, &mut StdRng::seed_from_u64(seed))
+                .unwrap()
+                .hypotheses
+        };
+        assert_eq!(draw(7), draw(7));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

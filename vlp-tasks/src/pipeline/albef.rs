@@ -34,7 +34,7 @@ use crate::data::loader::{stack_images, DataLoader, Dataset, LoaderConfig};
 use crate::data::nlvr2::{
     self, GroupedNlvr2Dataset, GroupedNlvr2Sample, Nlvr2Dataset, Nlvr2Sample,
 };
-use crate::data::snli_ve::{self, VeDataset, VeSample};
+use crate::data::snli_ve::{self, GroupedVeDataset, GroupedVeSample, VeDataset, VeSample};
 use crate::data::vqa::{self as vqa_data, AnswerVocab, VqaDataset, VqaQuestion, VqaSample};
 use crate::data::{ReadOptions, TextPrep};
 use crate::eval::models::albef::AlbefRetrievalEval;
@@ -368,6 +368,8 @@ pub enum AnySample {
     Nlvr2Group(GroupedNlvr2Sample),
     /// SNLI-VE example.
     Ve(VeSample),
+    /// An SNLI-VE image with several of its hypotheses.
+    VeGroup(GroupedVeSample),
 }
 
 /// The training data set of any task.
@@ -387,6 +389,8 @@ pub enum AnyDataset {
     Nlvr2Grouped(GroupedNlvr2Dataset),
     /// SNLI-VE.
     Ve(VeDataset),
+    /// SNLI-VE grouped by image (`data.hypotheses_per_image`).
+    VeGrouped(GroupedVeDataset),
 }
 
 impl Dataset for AnyDataset {
@@ -400,6 +404,7 @@ impl Dataset for AnyDataset {
             AnyDataset::Nlvr2(d) => d.len(),
             AnyDataset::Nlvr2Grouped(d) => d.len(),
             AnyDataset::Ve(d) => d.len(),
+            AnyDataset::VeGrouped(d) => d.len(),
         }
     }
     fn get(&self, i: usize, rng: &mut StdRng) -> Result<AnySample> {
@@ -415,6 +420,7 @@ impl Dataset for AnyDataset {
             AnyDataset::Nlvr2(d) => AnySample::Nlvr2(d.get(i, rng)?),
             AnyDataset::Nlvr2Grouped(d) => AnySample::Nlvr2Group(d.get(i, rng)?),
             AnyDataset::Ve(d) => AnySample::Ve(d.get(i, rng)?),
+            AnyDataset::VeGrouped(d) => AnySample::VeGroup(d.get(i, rng)?),
         })
     }
 }
@@ -546,7 +552,10 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                 targets,
             })
         }
-        AnySample::Nlvr2(_) | AnySample::Nlvr2Group(_) | AnySample::Ve(_) => {
+        AnySample::Nlvr2(_)
+        | AnySample::Nlvr2Group(_)
+        | AnySample::Ve(_)
+        | AnySample::VeGroup(_) => {
             let mut left = Vec::new();
             let mut right = Vec::new();
             let mut texts = Vec::new();
@@ -579,6 +588,16 @@ pub fn collate(enc: &TextEncoder, samples: Vec<AnySample>) -> Result<AlbefBatch>
                         left.push(s.image);
                         texts.push(s.sentence);
                         targets.push(s.label.index() as i64);
+                        image_index.push(row);
+                    }
+                    AnySample::VeGroup(g) => {
+                        grouped = true;
+                        left.push(g.image);
+                        for (hypothesis, label) in g.hypotheses {
+                            texts.push(hypothesis);
+                            targets.push(label.index() as i64);
+                            image_index.push(row);
+                        }
                     }
                     _ => return Err(mismatch("classification")),
                 }
@@ -727,8 +746,27 @@ pub fn train_dataset(exp: &ExperimentConfig, cfg: &AlbefConfig) -> Result<AnyDat
             for f in need_files(exp, "train")? {
                 ex.extend(snli_ve::read(&f, &read_opts(exp))?.items);
             }
-            AnyDataset::Ve(VeDataset::new(ex, tf, prep(exp)))
+            ve_train_dataset(exp, ex, tf)?
         }
+    })
+}
+
+/// The SNLI-VE training set of read `examples`: grouped by image when
+/// `data.hypotheses_per_image` is set (0 is an error naming the field).
+pub fn ve_train_dataset(
+    exp: &ExperimentConfig,
+    examples: Vec<snli_ve::VeExample>,
+    tf: ImageTransform,
+) -> Result<AnyDataset> {
+    Ok(match exp.data.hypotheses_per_image {
+        None => AnyDataset::Ve(VeDataset::new(examples, tf, prep(exp))),
+        Some(0) => {
+            return Err(cfg_err(
+                &exp.source,
+                "field `data.hypotheses_per_image`: expected at least 1",
+            ))
+        }
+        Some(k) => AnyDataset::VeGrouped(GroupedVeDataset::new(examples, k, tf, prep(exp))),
     })
 }
 
@@ -1114,11 +1152,12 @@ impl Trainable for AlbefTrainable {
                     input_ids,
                     attention_mask,
                     targets,
-                    ..
+                    image_index,
                 },
             ) => {
-                let loss = m.train_loss(
+                let loss = m.train_loss_grouped(
                     &image.to_device(dev),
+                    image_index.as_ref(),
                     &input_ids.to_device(dev),
                     &attention_mask.to_device(dev),
                     &targets.to_device(dev),

@@ -428,7 +428,7 @@ pub fn collate(text: &BlipText, samples: Vec<AnySample>) -> Result<BlipBatch> {
         AnySample::Nlvr2Group(_) => Err(VlpError::Unsupported {
             what: "BLIP NLVR2 with data.sentences_per_pair (grouped samples)".into(),
         }),
-        AnySample::Ve(_) => Err(VlpError::Unsupported {
+        AnySample::Ve(_) | AnySample::VeGroup(_) => Err(VlpError::Unsupported {
             what: "SNLI-VE with BLIP (BLIP has no SNLI-VE head)".into(),
         }),
         AnySample::VqaGroup(_) => Err(VlpError::Unsupported {

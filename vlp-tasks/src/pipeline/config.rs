@@ -225,6 +225,12 @@ pub struct DataSection {
     /// the official code.
     #[serde(default)]
     pub sentences_per_pair: Option<usize>,
+    /// SNLI-VE: group the training hypotheses by image, up to this many per image in one sample,
+    /// so that each image is encoded once and its entailed, neutral and contradicted hypotheses
+    /// train in the same step (`train.batch_size` then counts images). Default: one hypothesis
+    /// per sample, as the official code.
+    #[serde(default)]
+    pub hypotheses_per_image: Option<usize>,
 }
 
 fn val() -> String {
@@ -455,6 +461,24 @@ impl ExperimentConfig {
                     src,
                     format!(
                         "field `data.sentences_per_pair`: only NLVR2 groups sentences by image pair (task `{}`)",
+                        self.data.task.name()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        match self.data.hypotheses_per_image {
+            Some(0) => {
+                return Err(cfg_err(
+                    src,
+                    "field `data.hypotheses_per_image`: expected at least 1",
+                ))
+            }
+            Some(_) if self.data.task != Task::Ve => {
+                return Err(cfg_err(
+                    src,
+                    format!(
+                        "field `data.hypotheses_per_image`: only SNLI-VE groups hypotheses by image (task `{}`)",
                         self.data.task.name()
                     ),
                 ))

@@ -212,6 +212,12 @@ pub struct Plan {
     /// run uses 4 of each.
     #[serde(default)]
     pub nlvr2_sentences_per_pair: Option<usize>,
+    /// SNLI-VE training hypotheses per image and step (`data.hypotheses_per_image`: the stage's
+    /// `batch_size` then counts images, each encoded once; Shapes writes three per training
+    /// image, one of each label); `None` (default): one hypothesis per sample, as the official
+    /// code.
+    #[serde(default)]
+    pub ve_hypotheses_per_image: Option<usize>,
     /// Also pre-train on Shapes' region descriptions (`pretrain_regions.json`: short partial
     /// texts, as the Visual Genome part of ALBEF's pre-training data). Off by default: measured
     /// worse at 600 steps (docs/quickstart.md).
@@ -400,6 +406,7 @@ impl Plan {
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: 16,
             nlvr2_sentences_per_pair: Some(4),
+            ve_hypotheses_per_image: None,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -467,6 +474,7 @@ impl Plan {
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: 16,
             nlvr2_sentences_per_pair: None,
+            ve_hypotheses_per_image: None,
             pretrain_regions: false,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -514,6 +522,7 @@ impl Plan {
             easy_vqa_colour_contrast: false,
             easy_vqa_questions_per_image: questions_per_image(),
             nlvr2_sentences_per_pair: None,
+            ve_hypotheses_per_image: None,
             pretrain_regions: true,
             pretrain_easy_vqa: false,
             pretrained_lr_scale: 1.0,
@@ -588,6 +597,12 @@ impl Plan {
         if self.easy_vqa_questions_per_image == 0 {
             return Err(bad(
                 "easy_vqa_questions_per_image: expected at least 1".into()
+            ));
+        }
+        if self.ve_hypotheses_per_image == Some(0) {
+            return Err(bad(
+                "ve_hypotheses_per_image: expected at least 1 (or null: one hypothesis per sample)"
+                    .into(),
             ));
         }
         if self.nlvr2_sentences_per_pair == Some(0) {
@@ -1278,6 +1293,21 @@ mod tests {
             let e = base.with_overrides(&[kv.into()]).unwrap_err().to_string();
             assert!(e.contains(field), "{kv}: {e}");
         }
+    }
+
+    #[test]
+    fn ve_hypotheses_per_image_is_a_checked_plan_field() {
+        let base = Plan::default_run(0);
+        assert_eq!(base.ve_hypotheses_per_image, None);
+        let p = base
+            .with_overrides(&["ve_hypotheses_per_image=3".into()])
+            .unwrap();
+        assert_eq!(p.ve_hypotheses_per_image, Some(3));
+        let e = base
+            .with_overrides(&["ve_hypotheses_per_image=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ve_hypotheses_per_image"), "{e}");
     }
 
     #[test]

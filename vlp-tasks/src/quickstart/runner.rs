@@ -28,7 +28,7 @@ use super::{Plan, Stage};
 use crate::data::karpathy::{self, CaptionDataset};
 use crate::data::loader::{stack_images, DataLoader, LoaderConfig};
 use crate::data::nlvr2;
-use crate::data::snli_ve::{self, VeDataset};
+use crate::data::snli_ve;
 use crate::data::vqa::VqaQuestion;
 use crate::data::{ReadOptions, TextPrep};
 use crate::metrics::vqa::question_score;
@@ -482,6 +482,10 @@ impl<'a> Ctx<'a> {
                     Task::Nlvr2 => plan.nlvr2_sentences_per_pair,
                     _ => None,
                 },
+                hypotheses_per_image: match task {
+                    Task::Ve => plan.ve_hypotheses_per_image,
+                    _ => None,
+                },
             },
             train: t,
             eval: EvalSection {
@@ -561,7 +565,7 @@ impl<'a> Ctx<'a> {
                 for f in &files {
                     ex.extend(snli_ve::read(f, &opts)?.items);
                 }
-                AnyDataset::Ve(VeDataset::new(ex, tf, prep))
+                crate::pipeline::albef::ve_train_dataset(exp, ex, tf)?
             }
         })
     }
