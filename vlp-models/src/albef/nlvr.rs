@@ -251,6 +251,26 @@ impl AlbefNlvr {
         (image_embeds, head.forward(&cls_token(&h)))
     }
 
+    /// [`Self::logits_of`] with this model's (not the momentum model's) modules.
+    fn own_logits(
+        &self,
+        images: &Tensor,
+        rows: Option<&Tensor>,
+        ids: &Tensor,
+        mask: &Tensor,
+    ) -> (Tensor, Tensor) {
+        Self::logits_of(
+            &self.visual_encoder,
+            &self.text_encoder,
+            &self.cls_head,
+            images,
+            rows,
+            ids,
+            mask,
+            self.train,
+        )
+    }
+
     /// Checks a `[image0 (P); image1 (P)]` batch against `B` sentences: `P = B` without
     /// `pair_index`; with it, `pair_index` is `[B]` with values in `0..P` (returned as Int64 on
     /// the images' device).
@@ -322,16 +342,8 @@ impl AlbefNlvr {
         attention_mask: &Tensor,
     ) -> Result<ClassifierOutput> {
         let idx = Self::check_grouped(images, pair_index, input_ids, attention_mask)?;
-        let (image_embeds, logits) = Self::logits_of(
-            &self.visual_encoder,
-            &self.text_encoder,
-            &self.cls_head,
-            images,
-            idx.as_ref(),
-            input_ids,
-            attention_mask,
-            self.train,
-        );
+        let (image_embeds, logits) =
+            self.own_logits(images, idx.as_ref(), input_ids, attention_mask);
         Ok(ClassifierOutput {
             image_embeds,
             logits,
@@ -362,16 +374,7 @@ impl AlbefNlvr {
         alpha: f64,
     ) -> Result<Tensor> {
         let idx = Self::check_grouped(images, pair_index, input_ids, attention_mask)?;
-        let (_, logits) = Self::logits_of(
-            &self.visual_encoder,
-            &self.text_encoder,
-            &self.cls_head,
-            images,
-            idx.as_ref(),
-            input_ids,
-            attention_mask,
-            self.train,
-        );
+        let (_, logits) = self.own_logits(images, idx.as_ref(), input_ids, attention_mask);
         let momentum_logits = self.momentum.as_ref().map(|m| {
             let idx = idx.as_ref();
             move || {

@@ -116,6 +116,26 @@ impl AlbefVe {
         (image_embeds, logits)
     }
 
+    /// [`Self::logits_of`] with this model's (not the momentum model's) modules.
+    fn own_logits(
+        &self,
+        image: &Tensor,
+        rows: Option<&Tensor>,
+        ids: &Tensor,
+        mask: &Tensor,
+    ) -> (Tensor, Tensor) {
+        Self::logits_of(
+            &self.visual_encoder,
+            &self.text_encoder,
+            &self.cls_head,
+            image,
+            rows,
+            ids,
+            mask,
+            self.train,
+        )
+    }
+
     /// Checks `B` texts against the images: one image per text without `image_index`; with it,
     /// `image_index` is `[B]` with values in `0..P` (returned as Int64 on the images' device).
     fn check_grouped(
@@ -167,16 +187,8 @@ impl AlbefVe {
         attention_mask: &Tensor,
     ) -> Result<ClassifierOutput> {
         let idx = Self::check_grouped(image, image_index, input_ids, attention_mask)?;
-        let (image_embeds, logits) = Self::logits_of(
-            &self.visual_encoder,
-            &self.text_encoder,
-            &self.cls_head,
-            image,
-            idx.as_ref(),
-            input_ids,
-            attention_mask,
-            self.train,
-        );
+        let (image_embeds, logits) =
+            self.own_logits(image, idx.as_ref(), input_ids, attention_mask);
         Ok(ClassifierOutput {
             image_embeds,
             logits,
@@ -207,16 +219,7 @@ impl AlbefVe {
         alpha: f64,
     ) -> Result<Tensor> {
         let idx = Self::check_grouped(image, image_index, input_ids, attention_mask)?;
-        let (_, logits) = Self::logits_of(
-            &self.visual_encoder,
-            &self.text_encoder,
-            &self.cls_head,
-            image,
-            idx.as_ref(),
-            input_ids,
-            attention_mask,
-            self.train,
-        );
+        let (_, logits) = self.own_logits(image, idx.as_ref(), input_ids, attention_mask);
         let momentum_logits = self.momentum.as_ref().map(|m| {
             let idx = idx.as_ref();
             move || {

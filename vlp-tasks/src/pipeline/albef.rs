@@ -758,16 +758,28 @@ pub fn ve_train_dataset(
     examples: Vec<snli_ve::VeExample>,
     tf: ImageTransform,
 ) -> Result<AnyDataset> {
-    Ok(match exp.data.hypotheses_per_image {
-        None => AnyDataset::Ve(VeDataset::new(examples, tf, prep(exp))),
-        Some(0) => {
-            return Err(cfg_err(
-                &exp.source,
-                "field `data.hypotheses_per_image`: expected at least 1",
-            ))
-        }
-        Some(k) => AnyDataset::VeGrouped(GroupedVeDataset::new(examples, k, tf, prep(exp))),
-    })
+    Ok(
+        match group_size(
+            exp,
+            exp.data.hypotheses_per_image,
+            "data.hypotheses_per_image",
+        )? {
+            None => AnyDataset::Ve(VeDataset::new(examples, tf, prep(exp))),
+            Some(k) => AnyDataset::VeGrouped(GroupedVeDataset::new(examples, k, tf, prep(exp))),
+        },
+    )
+}
+
+/// A `data.*_per_*` grouping size: `None` (one text per sample) or at least 1; 0 is an error
+/// naming `field`.
+fn group_size(exp: &ExperimentConfig, n: Option<usize>, field: &str) -> Result<Option<usize>> {
+    match n {
+        Some(0) => Err(cfg_err(
+            &exp.source,
+            format!("field `{field}`: expected at least 1"),
+        )),
+        n => Ok(n),
+    }
 }
 
 /// The NLVR2 training set of read `examples`: grouped by image pair when
@@ -777,16 +789,14 @@ pub fn nlvr2_train_dataset(
     examples: Vec<nlvr2::Nlvr2Example>,
     tf: ImageTransform,
 ) -> Result<AnyDataset> {
-    Ok(match exp.data.sentences_per_pair {
-        None => AnyDataset::Nlvr2(Nlvr2Dataset::new(examples, tf, prep(exp))),
-        Some(0) => {
-            return Err(cfg_err(
-                &exp.source,
-                "field `data.sentences_per_pair`: expected at least 1",
-            ))
-        }
-        Some(k) => AnyDataset::Nlvr2Grouped(GroupedNlvr2Dataset::new(examples, k, tf, prep(exp))),
-    })
+    Ok(
+        match group_size(exp, exp.data.sentences_per_pair, "data.sentences_per_pair")? {
+            None => AnyDataset::Nlvr2(Nlvr2Dataset::new(examples, tf, prep(exp))),
+            Some(k) => {
+                AnyDataset::Nlvr2Grouped(GroupedNlvr2Dataset::new(examples, k, tf, prep(exp)))
+            }
+        },
+    )
 }
 
 /// The threaded loader of the training set (shuffled per epoch from `train.seed`; the last

@@ -449,41 +449,35 @@ impl ExperimentConfig {
         if self.data.max_text_len < 2 {
             return Err(cfg_err(src, "field `data.max_text_len` must be >= 2"));
         }
-        match self.data.sentences_per_pair {
-            Some(0) => {
-                return Err(cfg_err(
-                    src,
-                    "field `data.sentences_per_pair`: expected at least 1",
-                ))
+        for (field, value, task, what) in [
+            (
+                "data.sentences_per_pair",
+                self.data.sentences_per_pair,
+                Task::Nlvr2,
+                "only NLVR2 groups sentences by image pair",
+            ),
+            (
+                "data.hypotheses_per_image",
+                self.data.hypotheses_per_image,
+                Task::Ve,
+                "only SNLI-VE groups hypotheses by image",
+            ),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(cfg_err(
+                        src,
+                        format!("field `{field}`: expected at least 1"),
+                    ))
+                }
+                Some(_) if self.data.task != task => {
+                    return Err(cfg_err(
+                        src,
+                        format!("field `{field}`: {what} (task `{}`)", self.data.task.name()),
+                    ))
+                }
+                _ => {}
             }
-            Some(_) if self.data.task != Task::Nlvr2 => {
-                return Err(cfg_err(
-                    src,
-                    format!(
-                        "field `data.sentences_per_pair`: only NLVR2 groups sentences by image pair (task `{}`)",
-                        self.data.task.name()
-                    ),
-                ))
-            }
-            _ => {}
-        }
-        match self.data.hypotheses_per_image {
-            Some(0) => {
-                return Err(cfg_err(
-                    src,
-                    "field `data.hypotheses_per_image`: expected at least 1",
-                ))
-            }
-            Some(_) if self.data.task != Task::Ve => {
-                return Err(cfg_err(
-                    src,
-                    format!(
-                        "field `data.hypotheses_per_image`: only SNLI-VE groups hypotheses by image (task `{}`)",
-                        self.data.task.name()
-                    ),
-                ))
-            }
-            _ => {}
         }
         for (field, files) in [
             ("data.train_file", &self.data.train_file),
